@@ -1,0 +1,571 @@
+//! One check from start to end: connect, inspect the schema, scan, confirm,
+//! report, keep a checkpoint. The CLI's `check` and `demo` both come through
+//! here.
+//!
+//! ```text
+//! scan ──outcomes──▶ candidates ──waves──▶ confirm ──findings──▶ reporter
+//!                        │                                  │
+//!                        └──────────── checkpoint ◀─────────┘
+//! ```
+//!
+//! This loop is the only owner of the run's state, so a checkpoint is always
+//! a consistent snapshot of it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::confirm::{Candidate, ConfirmOptions, WaveOutcome, confirm_wave};
+use crate::db::{Databases, DbSource, Protocol, inspect};
+use crate::error::{Error, Result};
+use crate::finding::{Direction, Finding, Kind};
+use crate::plan::{IdRange, Partition};
+use crate::progress::{Progress, ProgressMode};
+use crate::report::{ColumnSummary, Reporter, Summary};
+use crate::scan::{ChunkOutcome, ScanOptions, scan};
+use crate::throttle::{Throttle, ThrottleOptions};
+
+/// Which ids to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Exactly this range.
+    Range(IdRange),
+    /// One of N slices, cut from the blob table's id span at start.
+    Partition(Partition),
+}
+
+/// Where to keep a checkpoint, and whether to resume from it.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub path: PathBuf,
+    pub resume: bool,
+    pub interval: Duration,
+}
+
+/// What to check and how.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub scope: Scope,
+    pub scan: ScanOptions,
+    pub confirm: ConfirmOptions,
+    pub throttle: ThrottleOptions,
+    pub checkpoint: Option<CheckpointOptions>,
+    pub progress: ProgressMode,
+    /// How long a failing query is retried before the check gives up.
+    pub retry_for: Duration,
+    /// Rows listed per column for each missing blob or count too low.
+    pub affected_rows: u64,
+    /// How scan batches travel.
+    pub protocol: Protocol,
+}
+
+impl CheckOptions {
+    /// The whole id space, unconfirmed, unthrottled, no checkpoint, no
+    /// progress display: what tests of static data want.
+    pub fn new(scan: ScanOptions) -> CheckOptions {
+        CheckOptions {
+            scope: Scope::Range(IdRange::ALL),
+            scan,
+            confirm: ConfirmOptions::disabled(),
+            throttle: ThrottleOptions::default(),
+            checkpoint: None,
+            progress: ProgressMode::None,
+            retry_for: Duration::from_secs(300),
+            affected_rows: 10,
+            protocol: Protocol::from_env(),
+        }
+    }
+}
+
+/// Candidates gathered into one confirmation task.
+const WAVE_SIZE: usize = 2_000;
+/// Waves confirming at once; past this the scan waits.
+const MAX_WAVES: usize = 16;
+
+/// A wave on its way: its candidates as the scan read them (for the
+/// checkpoint) and the task confirming them.
+struct Wave {
+    candidates: Vec<Finding>,
+    task: JoinHandle<Result<WaveOutcome>>,
+}
+
+/// Candidates not yet handed to a wave.
+#[derive(Default)]
+struct OpenWave {
+    candidates: Vec<Candidate>,
+    oldest: Option<Instant>,
+    newest: Option<Instant>,
+}
+
+enum Event {
+    Outcome(Option<ChunkOutcome>),
+    Wave(Result<WaveOutcome>),
+    OpenWaveDue,
+    CheckpointDue,
+}
+
+/// What identifies a run for resuming: everything that decides which rows
+/// are read and how they are labelled.
+fn identity(config: &Config, range: IdRange) -> String {
+    let servers: Vec<String> = config
+        .servers
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.url))
+        .collect();
+    let references: Vec<String> = config
+        .references
+        .iter()
+        .map(|r| {
+            format!(
+                "{}@{}:{}.{}",
+                r.label, config.servers[r.server].name, r.table, r.column
+            )
+        })
+        .collect();
+    format!(
+        "servers {}; blobs {}.{}/{}; references {}; range {range}",
+        servers.join(","),
+        config.blobs.table,
+        config.blobs.id,
+        config.blobs.count,
+        references.join(",")
+    )
+}
+
+/// Runs a whole check. Each finding is written to `reporter` as soon as it
+/// is confirmed (at once when confirmation is off). Returns the summary
+/// (also written to the reporter).
+pub async fn run(
+    config: &Config,
+    options: &CheckOptions,
+    mut reporter: Reporter,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let config = &crate::discovery::expand(config).await?;
+    reporter.set_labels(config.references.iter().map(|r| r.label.clone()).collect());
+    let columns_per_server = |server: usize| {
+        config
+            .references
+            .iter()
+            .filter(|r| r.server == server)
+            .count()
+            + usize::from(config.blobs.server == server)
+    };
+    let widest = (0..config.servers.len())
+        .map(columns_per_server)
+        .max()
+        .unwrap_or(1);
+    // Each chunk in flight reads every column of a server at once, the
+    // planner reads one batch ahead, and each confirmation wave reads every
+    // column of a server at once too.
+    let pool_size = (options.scan.jobs + MAX_WAVES.min(4)) * widest + 2;
+    let databases = Databases::connect(config, pool_size).await?;
+    let schema = inspect(config, &databases).await?;
+    // Only once the check is sure to run: a failing run says one thing.
+    databases.warn_if_writable().await;
+    let throttle = Throttle::start(
+        options.throttle.clone(),
+        config
+            .servers
+            .iter()
+            .zip(&databases.pools)
+            .map(|(s, p)| (s.name.clone(), p.clone()))
+            .collect(),
+    );
+    let source = Arc::new(DbSource {
+        retry_for: options.retry_for,
+        throttle: Arc::clone(&throttle),
+        protocol: options.protocol,
+        ..DbSource::new(databases, schema)
+    });
+
+    let result = run_with_source(config, options, &mut reporter, &source, started).await;
+    let throttle_stats = throttle.stats();
+    drop(throttle);
+    if let Ok(source) = Arc::try_unwrap(source) {
+        source.databases.disconnect().await;
+    }
+    let mut summary = result?;
+    summary.throttled_seconds = throttle_stats.paused_seconds + throttle_stats.rate_limited_seconds;
+    summary.seconds = started.elapsed().as_secs_f64();
+    reporter.finish(&summary).map_err(|e| output_error(&e))?;
+    Ok(summary)
+}
+
+fn output_error(e: &std::io::Error) -> Error {
+    Error::Output {
+        path: "output".into(),
+        reason: crate::error::one_line(e),
+    }
+}
+
+async fn run_with_source(
+    config: &Config,
+    options: &CheckOptions,
+    reporter: &mut Reporter,
+    source: &Arc<DbSource>,
+    started: Instant,
+) -> Result<Summary> {
+    let span = source.blob_id_span().await?;
+    let range = match options.scope {
+        Scope::Range(range) => Some(range),
+        Scope::Partition(partition) => {
+            let range = partition.range(span);
+            match range {
+                Some(range) => tracing::info!("partition {partition}: ids {range}"),
+                None => tracing::info!("partition {partition} is empty: nothing to check"),
+            }
+            range
+        }
+    };
+    let mut summary = Summary {
+        range,
+        partition: match options.scope {
+            Scope::Partition(partition) => Some(partition.to_string()),
+            Scope::Range(_) => None,
+        },
+        blob_table: format!(
+            "{}:{}",
+            config.servers[config.blobs.server].name, config.blobs.table
+        ),
+        servers: config
+            .servers
+            .iter()
+            .map(|s| {
+                if s.discovered {
+                    format!("{} (discovered)", s.name)
+                } else {
+                    s.name.clone()
+                }
+            })
+            .collect(),
+        columns: config
+            .references
+            .iter()
+            .map(|r| ColumnSummary {
+                label: r.label.clone(),
+                ..ColumnSummary::default()
+            })
+            .collect(),
+        confirmations: options.confirm.confirmations,
+        ..Summary::default()
+    };
+    let Some(range) = range else {
+        return Ok(summary);
+    };
+    tracing::info!(
+        "checking ids {range}: {} on `{}` against {} reference columns on {} servers",
+        config.blobs.table,
+        config.servers[config.blobs.server].name,
+        config.references.len(),
+        config.servers.len()
+    );
+
+    // NULLs belong to no id: count them in the run (or the partition) that
+    // covers the start of the id space.
+    if range.start == 0 {
+        let unusable = source.unusable_counts().await?;
+        for (column, n) in summary.columns.iter_mut().zip(unusable) {
+            column.null_or_invalid = n;
+        }
+    }
+
+    let identity = identity(config, range);
+    let mut state = match &options.checkpoint {
+        Some(checkpoint) if checkpoint.resume => match Checkpoint::load(&checkpoint.path)? {
+            Some(saved) if saved.identity != identity => {
+                return Err(Error::Usage(format!(
+                    "checkpoint {} belongs to another check (other servers, tables or range); remove it or drop --resume",
+                    checkpoint.path.display()
+                )));
+            }
+            Some(saved) => {
+                tracing::info!(
+                    "resuming from {}: {} findings so far, {} candidates pending, next id {}",
+                    checkpoint.path.display(),
+                    saved.findings.len(),
+                    saved.pending.len(),
+                    saved
+                        .next_start
+                        .map_or("none (scan done)".into(), |n| n.to_string())
+                );
+                saved
+            }
+            None => {
+                tracing::info!(
+                    "no checkpoint at {} yet: starting afresh",
+                    checkpoint.path.display()
+                );
+                Checkpoint::new(identity, range, config.references.len())
+            }
+        },
+        _ => Checkpoint::new(identity, range, config.references.len()),
+    };
+    for finding in &state.findings {
+        report_finding(reporter, source, finding, options.affected_rows).await?;
+    }
+
+    let mut run = Run {
+        options,
+        source,
+        reporter,
+        waves: VecDeque::new(),
+        open: OpenWave::default(),
+        progress: Progress::new(options.progress, range, span.map(|(_, last)| last)),
+        last_checkpoint: Instant::now(),
+    };
+    // Candidates a killed run left unconfirmed are read again from now on.
+    let pending = std::mem::take(&mut state.pending);
+    run.add_candidates(pending, Instant::now());
+
+    let result = run.drive(&mut state).await;
+    run.progress.finish();
+    for wave in &run.waves {
+        wave.task.abort();
+    }
+    result?;
+
+    summary.blob_rows = state.blob_rows;
+    for (column, n) in summary.columns.iter_mut().zip(&state.references) {
+        column.references = *n;
+    }
+    summary.transient = state.transient;
+    summary.watched = state.watched;
+    summary.unsettled = state.unsettled.clone();
+    summary.findings = run.reporter.counts().clone();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The state of a run in progress, apart from what the checkpoint holds.
+struct Run<'a> {
+    options: &'a CheckOptions,
+    source: &'a Arc<DbSource>,
+    reporter: &'a mut Reporter,
+    waves: VecDeque<Wave>,
+    open: OpenWave,
+    progress: Progress,
+    last_checkpoint: Instant,
+}
+
+impl Run<'_> {
+    fn add_candidates(&mut self, findings: Vec<Finding>, read_at: Instant) {
+        if findings.is_empty() {
+            return;
+        }
+        self.open.oldest.get_or_insert(read_at);
+        self.open.newest = Some(read_at);
+        self.open.candidates.extend(
+            findings
+                .into_iter()
+                .map(|f| Candidate::new(f, self.options.confirm.hot_threshold)),
+        );
+        if self.open.candidates.len() >= WAVE_SIZE {
+            self.launch_open_wave();
+        }
+    }
+
+    fn launch_open_wave(&mut self) {
+        let open = std::mem::take(&mut self.open);
+        if open.candidates.is_empty() {
+            return;
+        }
+        let candidates: Vec<Finding> = open.candidates.iter().map(|c| c.finding.clone()).collect();
+        // The first re-read comes a settle delay after the newest
+        // candidate's scan read, so every candidate's reads span at least
+        // `confirmations` settle delays.
+        let first_read =
+            open.newest.unwrap_or_else(Instant::now) + self.options.confirm.settle_delay;
+        let task = tokio::spawn(confirm_wave(
+            Arc::clone(self.source),
+            open.candidates,
+            self.options.confirm,
+            first_read,
+        ));
+        self.waves.push_back(Wave { candidates, task });
+    }
+
+    async fn emit(&mut self, findings: &[Finding], state: &mut Checkpoint) -> Result<()> {
+        for finding in findings {
+            report_finding(
+                self.reporter,
+                self.source,
+                finding,
+                self.options.affected_rows,
+            )
+            .await?;
+        }
+        self.reporter.flush().map_err(|e| output_error(&e))?;
+        state.findings.extend_from_slice(findings);
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self, state: &mut Checkpoint) -> Result<()> {
+        let Some(checkpoint) = &self.options.checkpoint else {
+            return Ok(());
+        };
+        state.pending = self
+            .waves
+            .iter()
+            .flat_map(|w| w.candidates.iter().cloned())
+            .chain(self.open.candidates.iter().map(|c| c.finding.clone()))
+            .collect();
+        state.save(&checkpoint.path)?;
+        state.pending.clear();
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Runs the scan and the confirmations to the end. On failure the
+    /// checkpoint is saved first, so a resume loses nothing.
+    async fn drive(&mut self, state: &mut Checkpoint) -> Result<()> {
+        let result = self.drive_to_end(state).await;
+        if result.is_err() {
+            let _ = self.save_checkpoint(state);
+        }
+        result
+    }
+
+    async fn drive_to_end(&mut self, state: &mut Checkpoint) -> Result<()> {
+        let (outcome_tx, mut outcome_rx) =
+            mpsc::channel::<ChunkOutcome>(self.options.scan.jobs.max(1) * 2);
+        let mut scanner = state.next_start.map(|start| {
+            let range = IdRange::new(start, state.range.end);
+            // Busy blobs the scan sees consistent are candidates too: a single
+            // read can catch changes in flight that hide a fault.
+            let options = ScanOptions {
+                hot_threshold: if self.options.confirm.enabled() {
+                    self.options.confirm.hot_threshold
+                } else {
+                    u64::MAX
+                },
+                ..self.options.scan
+            };
+            tokio::spawn(scan(Arc::clone(self.source), range, options, outcome_tx))
+        });
+        let mut scan_done = scanner.is_none();
+        let checkpoint_interval = self
+            .options
+            .checkpoint
+            .as_ref()
+            .map(|c| c.interval)
+            .unwrap_or(Duration::MAX);
+
+        loop {
+            if scan_done && self.waves.is_empty() && self.open.candidates.is_empty() {
+                break;
+            }
+            if scan_done {
+                self.launch_open_wave();
+            }
+            let open_due = self
+                .open
+                .oldest
+                .map(|t| t + self.options.confirm.settle_delay);
+            let checkpoint_due = self.last_checkpoint.checked_add(checkpoint_interval);
+            let accept_outcomes = !scan_done && self.waves.len() < MAX_WAVES;
+            let front = self.waves.front_mut().map(|w| &mut w.task);
+            let event = tokio::select! {
+                outcome = outcome_rx.recv(), if accept_outcomes => Event::Outcome(outcome),
+                joined = async { match front { Some(task) => task.await, None => std::future::pending().await } } => {
+                    Event::Wave(joined.map_err(|e| Error::Usage(format!("internal error in confirmation: {e}"))).and_then(|r| r))
+                }
+                _ = sleep_until(open_due), if open_due.is_some() => Event::OpenWaveDue,
+                _ = sleep_until(checkpoint_due), if checkpoint_due.is_some() => Event::CheckpointDue,
+            };
+            match event {
+                Event::Outcome(Some(outcome)) => {
+                    state.blob_rows += outcome.blobs;
+                    let mut rows = outcome.blobs;
+                    for (total, n) in state.references.iter_mut().zip(&outcome.references) {
+                        *total += n;
+                        rows += n;
+                    }
+                    state.next_start = outcome
+                        .range
+                        .end
+                        .checked_add(1)
+                        .filter(|_| outcome.range.end < state.range.end);
+                    self.progress.advance(outcome.range.end, rows);
+                    if self.options.confirm.enabled() {
+                        let mut candidates = outcome.findings;
+                        candidates.extend(outcome.watch);
+                        candidates.sort_by_key(|f| f.blob_id);
+                        self.add_candidates(candidates, outcome.read_at);
+                    } else {
+                        self.emit(&outcome.findings, state).await?;
+                    }
+                }
+                Event::Outcome(None) => {
+                    // The scan has ended: it covered its range, or failed.
+                    scan_done = true;
+                    if let Some(scanner) = scanner.take() {
+                        scanner.await.map_err(|e| {
+                            Error::Usage(format!("internal error in the scan: {e}"))
+                        })??;
+                    }
+                }
+                Event::Wave(outcome) => {
+                    self.waves.pop_front();
+                    let outcome = outcome?;
+                    state.transient += outcome.transient;
+                    state.watched += outcome.watched;
+                    if !outcome.unsettled.is_empty() {
+                        tracing::warn!(
+                            "{} candidates kept changing through every confirmation read and are not reported (ids {:?}{})",
+                            outcome.unsettled.len(),
+                            &outcome.unsettled[..outcome.unsettled.len().min(10)],
+                            if outcome.unsettled.len() > 10 {
+                                ", …"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    state.unsettled.extend(outcome.unsettled);
+                    self.emit(&outcome.confirmed, state).await?;
+                }
+                Event::OpenWaveDue => self.launch_open_wave(),
+                Event::CheckpointDue => self.save_checkpoint(state)?,
+            }
+        }
+
+        state.next_start = None;
+        state.complete = true;
+        self.save_checkpoint(state)?;
+        Ok(())
+    }
+}
+
+/// Writes one finding, with the rows it affects where people need them:
+/// the messages a missing blob or a count too low puts at risk.
+async fn report_finding(
+    reporter: &mut Reporter,
+    source: &DbSource,
+    finding: &Finding,
+    affected_rows: u64,
+) -> Result<()> {
+    let at_risk =
+        finding.kind == Kind::MissingBlob || finding.direction() == Some(Direction::TooLow);
+    let affected = if at_risk && affected_rows > 0 {
+        source.affected_rows(finding, affected_rows).await?
+    } else {
+        Vec::new()
+    };
+    reporter
+        .finding(finding, &affected)
+        .map_err(|e| output_error(&e))
+}
+
+async fn sleep_until(when: Option<Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when.into()).await,
+        None => std::future::pending().await,
+    }
+}

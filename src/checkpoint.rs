@@ -1,0 +1,144 @@
+//! Checkpoints: enough of a run's state, written atomically every few
+//! seconds, that a killed run can be resumed and end with the same findings
+//! an uninterrupted run gives.
+//!
+//! The scan hands over its outcomes in ascending id order, so its progress is
+//! one number, the next id to scan. Candidates not yet confirmed are kept
+//! with their scan read and confirmed again after a resume; confirmed
+//! findings are kept so that the resumed run reports them again.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::finding::Finding;
+use crate::plan::IdRange;
+
+const VERSION: u32 = 1;
+
+/// A run's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    /// What was being checked (servers, tables, columns, range); a resume
+    /// against anything else is refused.
+    pub identity: String,
+    pub range: IdRange,
+    /// The next id to scan; `None` once the scan has covered the range.
+    pub next_start: Option<u64>,
+    /// Candidates awaiting confirmation, as the scan read them.
+    pub pending: Vec<Finding>,
+    /// Findings confirmed so far, in the order they were reported.
+    pub findings: Vec<Finding>,
+    pub blob_rows: u64,
+    /// References counted so far, per column.
+    pub references: Vec<u64>,
+    pub transient: u64,
+    /// Busy blobs re-read and found consistent.
+    #[serde(default)]
+    pub watched: u64,
+    pub unsettled: Vec<u64>,
+    /// Every candidate confirmed or dismissed and the scan done.
+    pub complete: bool,
+}
+
+impl Checkpoint {
+    pub fn new(identity: String, range: IdRange, columns: usize) -> Checkpoint {
+        Checkpoint {
+            version: VERSION,
+            identity,
+            range,
+            next_start: Some(range.start),
+            pending: Vec::new(),
+            findings: Vec::new(),
+            blob_rows: 0,
+            references: vec![0; columns],
+            transient: 0,
+            watched: 0,
+            unsettled: Vec::new(),
+            complete: false,
+        }
+    }
+
+    /// Reads a checkpoint; `Ok(None)` when there is no file.
+    pub fn load(path: &Path) -> Result<Option<Checkpoint>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(checkpoint_error(path, e)),
+        };
+        let checkpoint: Checkpoint = serde_json::from_str(&text)
+            .map_err(|e| checkpoint_error(path, format!("not a blobcheck checkpoint ({e})")))?;
+        if checkpoint.version != VERSION {
+            return Err(checkpoint_error(
+                path,
+                format!("version {} is not {VERSION}", checkpoint.version),
+            ));
+        }
+        Ok(Some(checkpoint))
+    }
+
+    /// Writes the checkpoint so that a crash leaves either the old or the
+    /// new one whole: a temporary file, fsync, rename.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let temporary = temporary_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&temporary)?;
+            serde_json::to_writer(&mut file, self)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)
+        };
+        write().map_err(|e| checkpoint_error(path, e))
+    }
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn checkpoint_error(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Output {
+        path: format!("checkpoint {}", path.display()),
+        reason: crate::error::one_line(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::Kind;
+
+    #[test]
+    fn round_trip_keeps_ids_above_two_to_the_63_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.checkpoint");
+        assert_eq!(Checkpoint::load(&path).unwrap(), None);
+        let mut checkpoint = Checkpoint::new("x".into(), IdRange::ALL, 2);
+        checkpoint.next_start = Some(u64::MAX - 1);
+        checkpoint.pending.push(Finding {
+            kind: Kind::MissingBlob,
+            blob_id: u64::MAX,
+            stored: None,
+            actual: 2,
+            references: vec![(1, 2)],
+        });
+        checkpoint.save(&path).unwrap();
+        assert_eq!(Checkpoint::load(&path).unwrap(), Some(checkpoint));
+        assert!(!temporary_path(&path).exists());
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad");
+        std::fs::write(&path, "{").unwrap();
+        let error = Checkpoint::load(&path).unwrap_err().to_string();
+        assert!(error.contains("not a blobcheck checkpoint"), "{error}");
+        assert!(!error.contains('\n'));
+    }
+}

@@ -1,0 +1,562 @@
+//! Confirmation: on live databases the scan only yields candidates. The
+//! application adds a reference on a shard and bumps the count on the global
+//! server in two steps, on two servers, so any single read can catch a blob
+//! between the steps. A real corruption keeps its difference
+//! `stored − actual` from read to read; a change in flight does not.
+//!
+//! Each candidate is therefore read again by id, after a settle delay and
+//! then once per settle delay, with the stored count read before and after
+//! the references are recounted (a read during which the count moved is not
+//! trusted). A candidate is reported only when its last `confirmations + 1`
+//! reads, spanning at least `confirmations` settle delays, agree on the same
+//! nonzero difference.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+
+use crate::error::Result;
+use crate::finding::{Finding, classify};
+use crate::scan::Source;
+
+/// How candidates are confirmed.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmOptions {
+    /// Pause between reads of a candidate. Should exceed the longest time
+    /// the application takes between its two steps, plus the replication lag
+    /// between the replicas read (see the README).
+    pub settle_delay: Duration,
+    /// Re-reads that must agree with the scan's read. 0 reports what the
+    /// scan saw, unconfirmed (for databases nothing writes to).
+    pub confirmations: u32,
+    /// Ids per point-read query.
+    pub batch_size: usize,
+    /// Blobs with at least this many references (stored or counted) are
+    /// busy: they are re-read even when the scan saw them consistent, since
+    /// a single read can catch changes in flight that hide a fault, and they
+    /// need twice the agreeing reads.
+    pub hot_threshold: u64,
+}
+
+impl ConfirmOptions {
+    pub fn disabled() -> ConfirmOptions {
+        ConfirmOptions {
+            settle_delay: Duration::ZERO,
+            confirmations: 0,
+            batch_size: 500,
+            hot_threshold: u64::MAX,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.confirmations > 0
+    }
+}
+
+/// What one read saw of a candidate: whether the blob row existed and
+/// `stored − actual`. `None`: the stored count changed during the read.
+pub type Reading = Option<(bool, i128)>;
+
+/// A candidate and what every read so far saw of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The scan's read, as a finding (its kind means nothing while the
+    /// difference is 0).
+    pub finding: Finding,
+    pub readings: Vec<Reading>,
+    /// What each stable reading saw, in order.
+    pub seen: Vec<Finding>,
+    /// Busy: judged on more reads (see `ConfirmOptions::hot_threshold`).
+    pub hot: bool,
+}
+
+impl Candidate {
+    pub fn new(finding: Finding, hot_threshold: u64) -> Candidate {
+        let reading = Some((finding.stored.is_some(), finding.difference()));
+        let hot = finding.stored.unwrap_or(0).max(finding.actual) >= hot_threshold;
+        Candidate {
+            seen: vec![finding.clone()],
+            finding,
+            readings: vec![reading],
+            hot,
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.finding.blob_id
+    }
+
+    /// The latest stable read that saw `value`.
+    fn latest_with(&self, value: (bool, i128)) -> Option<&Finding> {
+        self.seen
+            .iter()
+            .rev()
+            .find(|f| (f.stored.is_some(), f.difference()) == value)
+    }
+
+    /// Watched because it is busy, not because the scan saw it wrong.
+    pub fn watched(&self) -> bool {
+        matches!(self.readings.first(), Some(Some((_, 0))))
+    }
+}
+
+/// Where a candidate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its difference persisted: a real inconsistency, as this reading
+    /// (row exists, `stored − actual`) shows it.
+    Confirmed((bool, i128)),
+    /// It is consistent: a change that was in flight (or, for a watched busy
+    /// blob, nothing wrong).
+    Transient,
+    /// It kept changing through every read allowed: not reported, counted.
+    Unsettled,
+    /// More reads needed.
+    Pending,
+}
+
+/// Reads a candidate may take before it is given up as unsettled.
+pub fn max_reads(confirmations: u32, hot: bool) -> usize {
+    let run = confirmations as usize + 1;
+    if hot { 4 * run } else { 2 * run }
+}
+
+/// The rule, on the readings alone (the first is the scan's).
+///
+/// An ordinary candidate is confirmed when its last `confirmations + 1`
+/// readings are stable and show the same nonzero difference, and is
+/// transient once its last `confirmations` readings are stable and 0.
+///
+/// A busy blob (see `ConfirmOptions::hot_threshold`) gets no benefit of the
+/// doubt: changes in flight can bias its readings either way, so it is
+/// confirmed only when its first `2 × (confirmations + 1)` re-reads are all
+/// stable and identical, and consistent when they are all 0 or when 0 holds a
+/// strict majority of the allowed reads. One that changes under every read
+/// is unsettled: not reported, but listed, so that it is checked again
+/// rather than trusted.
+///
+/// Anything else ends unsettled after `max_reads`.
+pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
+    let run = confirmations as usize + 1;
+    let decided = |value: (bool, i128)| {
+        if value.1 != 0 {
+            Verdict::Confirmed(value)
+        } else {
+            Verdict::Transient
+        }
+    };
+    if hot {
+        let rereads = &readings[1.min(readings.len())..];
+        let quiet = 2 * run;
+        if let Some(Some(first)) = rereads.first()
+            && rereads.len() >= quiet
+            && rereads[..quiet].iter().all(|r| *r == Some(*first))
+        {
+            return decided(*first);
+        }
+        if readings.len() < max_reads(confirmations, hot) {
+            return Verdict::Pending;
+        }
+        let zeros = readings
+            .iter()
+            .filter(|r| matches!(r, Some((_, 0))))
+            .count();
+        return if 2 * zeros > readings.len() {
+            Verdict::Transient
+        } else {
+            Verdict::Unsettled
+        };
+    }
+    if readings.len() >= run {
+        let last = &readings[readings.len() - run..];
+        if let Some(Some(value)) = last.first()
+            && value.1 != 0
+            && last.iter().all(|r| *r == last[0])
+        {
+            return decided(*value);
+        }
+    }
+    let settled = confirmations.max(1) as usize;
+    if readings.len() > settled
+        && readings[readings.len() - settled..]
+            .iter()
+            .all(|r| matches!(r, Some((_, 0))))
+    {
+        return Verdict::Transient;
+    }
+    if readings.len() >= max_reads(confirmations, hot) {
+        Verdict::Unsettled
+    } else {
+        Verdict::Pending
+    }
+}
+
+/// One point read of `ids` (sorted, distinct): stored counts, reference
+/// counts of every column, stored counts again. Returns per id the finding
+/// the read amounts to (kind is only meaningful when the difference is not
+/// zero) and whether the stored count held still.
+pub async fn read_points<S: Source>(source: &S, ids: &[u64]) -> Result<Vec<(Finding, bool)>> {
+    let before = source.stored_counts(ids).await?;
+    let columns =
+        try_join_all((0..source.column_count()).map(|c| source.reference_counts(c, ids))).await?;
+    let after = source.stored_counts(ids).await?;
+
+    let lookup = |rows: &[(u64, u64)], id: u64| -> Option<u64> {
+        rows.binary_search_by_key(&id, |&(k, _)| k)
+            .ok()
+            .map(|i| rows[i].1)
+    };
+    Ok(ids
+        .iter()
+        .map(|&id| {
+            let stored = lookup(&after, id);
+            let references: Vec<(usize, u64)> = columns
+                .iter()
+                .enumerate()
+                .filter_map(|(c, rows)| lookup(rows, id).map(|n| (c, n)))
+                .filter(|&(_, n)| n > 0)
+                .collect();
+            let actual = references.iter().map(|&(_, n)| n).sum();
+            let kind = classify(stored, actual).unwrap_or(crate::finding::Kind::CountMismatch);
+            let finding = Finding {
+                kind,
+                blob_id: id,
+                stored,
+                actual,
+                references,
+            };
+            (finding, lookup(&before, id) == stored)
+        })
+        .collect())
+}
+
+/// What a wave of candidates came to.
+#[derive(Debug, Default)]
+pub struct WaveOutcome {
+    /// In ascending id order.
+    pub confirmed: Vec<Finding>,
+    pub transient: u64,
+    /// Busy blobs re-read although the scan saw them consistent, and
+    /// consistent they were.
+    pub watched: u64,
+    /// Ids that never settled.
+    pub unsettled: Vec<u64>,
+}
+
+/// Confirms a wave of candidates (sorted by id), first reading them at
+/// `first_read` and then once per settle delay, until each has a verdict.
+pub async fn confirm_wave<S: Source>(
+    source: Arc<S>,
+    mut candidates: Vec<Candidate>,
+    options: ConfirmOptions,
+    first_read: Instant,
+) -> Result<WaveOutcome> {
+    let mut outcome = WaveOutcome::default();
+    let mut next_read = first_read;
+    while !candidates.is_empty() {
+        tokio::time::sleep_until(next_read.into()).await;
+        let ids: Vec<u64> = candidates.iter().map(Candidate::id).collect();
+        let mut reads = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(options.batch_size.max(1)) {
+            reads.extend(read_points(&*source, batch).await?);
+        }
+        // The next read comes a full settle delay after this one ended.
+        next_read = Instant::now() + options.settle_delay;
+
+        let mut reads = reads.into_iter();
+        candidates.retain_mut(|candidate| {
+            let (finding, stable) = reads.next().expect("one read per candidate");
+            let reading = stable.then(|| (finding.stored.is_some(), finding.difference()));
+            candidate.readings.push(reading);
+            if stable {
+                candidate.seen.push(finding);
+            }
+            match verdict(&candidate.readings, options.confirmations, candidate.hot) {
+                Verdict::Confirmed(value) => {
+                    let finding = candidate
+                        .latest_with(value)
+                        .expect("a confirmed value was seen")
+                        .clone();
+                    outcome.confirmed.push(finding);
+                    false
+                }
+                Verdict::Transient if candidate.watched() => {
+                    outcome.watched += 1;
+                    false
+                }
+                Verdict::Transient => {
+                    outcome.transient += 1;
+                    false
+                }
+                Verdict::Unsettled => {
+                    outcome.unsettled.push(candidate.id());
+                    false
+                }
+                Verdict::Pending => true,
+            }
+        });
+    }
+    outcome.confirmed.sort_by_key(|f| f.blob_id);
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::Kind;
+    use crate::scan::tests::MemorySource;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
+
+    fn r(d: i128) -> Reading {
+        Some((true, d))
+    }
+
+    #[test]
+    fn verdict_rules() {
+        let confirmed = |d: i128| Verdict::Confirmed((true, d));
+        // Two confirmations: three equal nonzero readings.
+        assert_eq!(verdict(&[r(-1)], 2, false), Verdict::Pending);
+        assert_eq!(verdict(&[r(-1), r(-1)], 2, false), Verdict::Pending);
+        assert_eq!(verdict(&[r(-1), r(-1), r(-1)], 2, false), confirmed(-1));
+        // In flight at the scan, settled since.
+        assert_eq!(verdict(&[r(-1), r(0)], 2, false), Verdict::Pending);
+        assert_eq!(verdict(&[r(-1), r(0), r(0)], 2, false), Verdict::Transient);
+        // A persistent fault with one odd reading, then a run.
+        assert_eq!(
+            verdict(&[r(1), r(0), r(1), r(1)], 2, false),
+            Verdict::Pending
+        );
+        assert_eq!(
+            verdict(&[r(1), r(0), r(1), r(1), r(1)], 2, false),
+            confirmed(1)
+        );
+        // A different difference is not the same inconsistency.
+        assert_eq!(verdict(&[r(1), r(2), r(1)], 2, false), Verdict::Pending);
+        // The row appearing with the same difference is not either.
+        assert_eq!(
+            verdict(&[Some((false, -1)), r(-1), r(-1)], 2, false),
+            Verdict::Pending
+        );
+        // A read during which the count moved breaks a run.
+        assert_eq!(verdict(&[r(1), None, r(1)], 2, false), Verdict::Pending);
+        // Never settling: unsettled after the allowed reads, even when one
+        // value is the most frequent.
+        assert_eq!(
+            verdict(&[r(1), r(0), r(1), None, r(1), r(2)], 2, false),
+            Verdict::Unsettled
+        );
+        // One confirmation: two equal readings; one zero is transient.
+        assert_eq!(verdict(&[r(3), r(3)], 1, false), confirmed(3));
+        assert_eq!(verdict(&[r(3), r(0)], 1, false), Verdict::Transient);
+    }
+
+    #[test]
+    fn busy_blobs_are_confirmed_only_when_quiet() {
+        let confirmed = |d: i128| Verdict::Confirmed((true, d));
+        // The scan's reading does not count: it may have been caught mid-way.
+        assert_eq!(
+            verdict(&[r(0), r(1), r(1), r(1), r(1), r(1)], 2, true),
+            Verdict::Pending
+        );
+        assert_eq!(
+            verdict(&[r(0), r(1), r(1), r(1), r(1), r(1), r(1)], 2, true),
+            confirmed(1)
+        );
+        assert_eq!(verdict(&[r(2); 7], 2, true), confirmed(2));
+        assert_eq!(verdict(&[r(0); 7], 2, true), Verdict::Transient);
+        // A single odd re-read, and it is never confirmed.
+        let noisy = [
+            r(0),
+            r(1),
+            r(1),
+            r(2),
+            r(1),
+            r(1),
+            r(1),
+            r(1),
+            r(1),
+            r(1),
+            r(1),
+            r(1),
+        ];
+        assert_eq!(verdict(&noisy[..11], 2, true), Verdict::Pending);
+        assert_eq!(verdict(&noisy, 2, true), Verdict::Unsettled);
+        // Noise around 0 with 0 in the majority: consistent.
+        let calm = [
+            r(0),
+            r(-1),
+            r(0),
+            r(0),
+            None,
+            r(0),
+            r(1),
+            r(0),
+            r(0),
+            r(0),
+            r(-1),
+            r(0),
+        ];
+        assert_eq!(verdict(&calm, 2, true), Verdict::Transient);
+        // Biased noise around 0 that shows +1 most often: never confirmed.
+        let biased = [
+            r(1),
+            r(1),
+            r(0),
+            r(1),
+            r(1),
+            r(0),
+            r(1),
+            r(1),
+            r(0),
+            r(1),
+            r(1),
+            r(0),
+        ];
+        assert_eq!(verdict(&biased, 2, true), Verdict::Unsettled);
+    }
+
+    /// Changes the data before the n-th stored-count read.
+    type Change = Box<dyn Fn(u64, &mut MemorySource) + Send + Sync>;
+
+    /// A memory source whose data the test changes between reads.
+    struct Changing {
+        inner: Mutex<MemorySource>,
+        reads: AtomicU64,
+        /// Called with the number of stored-count reads so far, before each.
+        change: Change,
+    }
+
+    impl Source for Changing {
+        async fn blob_batch(&self, _: crate::plan::IdRange, _: u64) -> Result<Vec<(u64, u64)>> {
+            unreachable!()
+        }
+        async fn reference_batch(
+            &self,
+            _: usize,
+            _: crate::plan::IdRange,
+            _: u64,
+        ) -> Result<Vec<(u64, u64)>> {
+            unreachable!()
+        }
+        async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+            let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut inner = self.inner.lock().unwrap();
+            (self.change)(n, &mut inner);
+            Ok(crate::scan::tests::points(&inner.blobs, ids))
+        }
+        async fn reference_counts(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+            Ok(crate::scan::tests::points(
+                &self.inner.lock().unwrap().columns[column],
+                ids,
+            ))
+        }
+        fn column_count(&self) -> usize {
+            self.inner.lock().unwrap().columns.len()
+        }
+    }
+
+    fn finding(id: u64, stored: Option<u64>, actual: u64) -> Finding {
+        Finding {
+            kind: classify(stored, actual).unwrap(),
+            blob_id: id,
+            stored,
+            actual,
+            references: vec![(0, actual)],
+        }
+    }
+
+    #[test]
+    fn persistent_faults_are_confirmed_and_changes_in_flight_are_not() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        // Blob 1: too high by one, for good. Blob 2: the scan saw a reference
+        // whose count bump was still in flight; it landed right after.
+        // Blob 3: missing, for good.
+        let source = Changing {
+            inner: Mutex::new(MemorySource {
+                blobs: BTreeMap::from([(1, 3), (2, 1)]),
+                columns: vec![BTreeMap::from([(1, 2), (2, 2), (3, 1)])],
+                largest_batch: AtomicU64::new(0),
+            }),
+            reads: AtomicU64::new(0),
+            change: Box::new(|n, data| {
+                if n == 0 {
+                    data.blobs.insert(2, 2);
+                }
+            }),
+        };
+        let candidates = vec![
+            Candidate::new(finding(1, Some(3), 2), u64::MAX),
+            Candidate::new(finding(2, Some(1), 2), u64::MAX),
+            Candidate::new(finding(3, None, 1), u64::MAX),
+        ];
+        let options = ConfirmOptions {
+            settle_delay: Duration::from_secs(2),
+            confirmations: 2,
+            batch_size: 2,
+            hot_threshold: u64::MAX,
+        };
+        let outcome = runtime
+            .block_on(confirm_wave(
+                Arc::new(source),
+                candidates,
+                options,
+                Instant::now(),
+            ))
+            .unwrap();
+        let confirmed: Vec<(u64, Kind)> = outcome
+            .confirmed
+            .iter()
+            .map(|f| (f.blob_id, f.kind))
+            .collect();
+        assert_eq!(
+            confirmed,
+            vec![(1, Kind::CountMismatch), (3, Kind::MissingBlob)]
+        );
+        assert_eq!(outcome.transient, 1);
+        assert!(outcome.unsettled.is_empty());
+    }
+
+    #[test]
+    fn a_count_that_moves_during_the_read_is_not_trusted() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        // The stored count flips on every read: before and after never agree.
+        let source = Changing {
+            inner: Mutex::new(MemorySource {
+                blobs: BTreeMap::from([(7, 5)]),
+                columns: vec![BTreeMap::from([(7, 1)])],
+                largest_batch: AtomicU64::new(0),
+            }),
+            reads: AtomicU64::new(0),
+            change: Box::new(|n, data| {
+                data.blobs.insert(7, if n % 2 == 0 { 5 } else { 6 });
+            }),
+        };
+        let options = ConfirmOptions {
+            settle_delay: Duration::from_secs(1),
+            confirmations: 2,
+            batch_size: 10,
+            hot_threshold: u64::MAX,
+        };
+        let outcome = runtime
+            .block_on(confirm_wave(
+                Arc::new(source),
+                vec![Candidate::new(finding(7, Some(5), 1), u64::MAX)],
+                options,
+                Instant::now(),
+            ))
+            .unwrap();
+        assert!(outcome.confirmed.is_empty());
+        assert_eq!(outcome.unsettled, vec![7]);
+    }
+}

@@ -1,0 +1,922 @@
+//! The database side: connections, the schema checks made before a scan, the
+//! SQL the scan runs, and [`DbSource`], which answers the scan's batches from
+//! the servers.
+//!
+//! Every session is read-only and READ COMMITTED; no statement locks or
+//! writes. All identifiers come from [`crate::config`] already validated and
+//! are quoted here; the only other values in SQL are integers the scan made.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, SslOpts};
+
+use crate::config::{Config, Ident, Server, TableName, Tls};
+use crate::error::{Error, Result, one_line};
+use crate::finding::Finding;
+use crate::plan::IdRange;
+use crate::report::AffectedRow;
+use crate::scan::Source;
+use crate::throttle::Throttle;
+
+/// How long one batch query may take before it counts as lost (and is
+/// retried). Batches are index range scans of at most a chunk; this is far
+/// above what a healthy one needs.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Statements run on every new connection, before anything else.
+pub const SESSION_SETUP: [&str; 2] = [
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION TRANSACTION READ ONLY",
+];
+
+/// One connection pool per configured server.
+pub struct Databases {
+    pub servers: Vec<Server>,
+    pub pools: Vec<Pool>,
+}
+
+/// `host:port` of a server, for messages.
+pub fn address(server: &Server) -> String {
+    Opts::from_url(&server.url)
+        .map(|o| format!("{}:{}", o.ip_or_hostname(), o.tcp_port()))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn pool_for(server: &Server, max_connections: usize) -> Result<Pool> {
+    let opts = Opts::from_url(&server.url).map_err(|e| Error::Connect {
+        server: server.name.clone(),
+        address: "?".into(),
+        reason: one_line(e),
+    })?;
+    let constraints = PoolConstraints::new(0, max_connections.max(1)).expect("0 ≤ max");
+    let mut builder = OptsBuilder::from_opts(opts)
+        .init(SESSION_SETUP.iter().map(|s| s.to_string()).collect())
+        .pool_opts(PoolOpts::default().with_constraints(constraints))
+        .stmt_cache_size(64);
+    if let Some(password) = &server.password {
+        builder = builder.pass(Some(password.0.clone()));
+    }
+    builder = builder.ssl_opts(ssl_opts(&server.tls));
+    Ok(Pool::new(builder))
+}
+
+fn ssl_opts(tls: &Tls) -> Option<SslOpts> {
+    let with_ca = |ca: &Option<std::path::PathBuf>| {
+        let opts = SslOpts::default();
+        match ca {
+            Some(ca) => opts
+                .with_root_certs(vec![ca.clone().into()])
+                .with_disable_built_in_roots(true),
+            None => opts,
+        }
+    };
+    match tls {
+        Tls::Disabled => None,
+        Tls::Required => Some(
+            SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        Tls::VerifyCa(ca) => Some(with_ca(ca).with_danger_skip_domain_validation(true)),
+        Tls::VerifyIdentity(ca) => Some(with_ca(ca)),
+    }
+}
+
+/// Privileges that only read (or only show status): anything else on any
+/// object means the account could write.
+pub const READ_PRIVILEGES: [&str; 9] = [
+    "SELECT",
+    "USAGE",
+    "SHOW VIEW",
+    "SHOW DATABASES",
+    "PROCESS",
+    "REPLICATION CLIENT",
+    "SLAVE MONITOR",
+    "BINLOG MONITOR",
+    "REPLICA MONITOR",
+];
+
+/// Privileges beyond reading that the account holds, from `SHOW GRANTS`:
+/// a checker needs SELECT only, and an account that could write is one
+/// mistake away from harm.
+pub async fn write_privileges(
+    conn: &mut Conn,
+) -> std::result::Result<Vec<String>, mysql_async::Error> {
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await?;
+    let mut found = Vec::new();
+    for grant in grants {
+        let Some(rest) = grant.strip_prefix("GRANT ") else {
+            continue;
+        };
+        let Some((privileges, _)) = rest.split_once(" ON ") else {
+            // A role granted to the account: its privileges show separately.
+            continue;
+        };
+        for privilege in privileges.split(',') {
+            let privilege = privilege
+                .trim()
+                .split('(')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            if !privilege.is_empty()
+                && !READ_PRIVILEGES.contains(&privilege.as_str())
+                && !found.contains(&privilege)
+            {
+                found.push(privilege);
+            }
+        }
+        if rest.contains("WITH GRANT OPTION") && !found.iter().any(|p| p == "GRANT OPTION") {
+            found.push("GRANT OPTION".to_owned());
+        }
+    }
+    Ok(found)
+}
+
+/// One connection to one server, outside any pool: for the few queries made
+/// before the check's pools exist (shard discovery).
+pub async fn connect_once(server: &Server) -> Result<(Pool, Conn)> {
+    let pool = pool_for(server, 1)?;
+    let failed = |reason: String| Error::Connect {
+        server: server.name.clone(),
+        address: address(server),
+        reason,
+    };
+    match tokio::time::timeout(server.connect_timeout, pool.get_conn()).await {
+        Ok(Ok(conn)) => Ok((pool, conn)),
+        Ok(Err(e)) => Err(failed(one_line(e))),
+        Err(_) => Err(failed(format!(
+            "no answer within {} s",
+            server.connect_timeout.as_secs()
+        ))),
+    }
+}
+
+impl Databases {
+    /// Opens a pool per server and proves each one answers, so a wrong host
+    /// or password is reported before any work starts.
+    pub async fn connect(config: &Config, max_connections_per_server: usize) -> Result<Databases> {
+        let mut pools = Vec::with_capacity(config.servers.len());
+        for server in &config.servers {
+            pools.push(pool_for(server, max_connections_per_server)?);
+        }
+        let databases = Databases {
+            servers: config.servers.clone(),
+            pools,
+        };
+        let checks = (0..databases.servers.len()).map(|i| databases.conn(i));
+        futures_util::future::try_join_all(checks).await?;
+        Ok(databases)
+    }
+
+    /// Warns about every server where the account could do more than read.
+    pub async fn warn_if_writable(&self) {
+        for (i, server) in self.servers.iter().enumerate() {
+            let Ok(mut conn) = self.conn(i).await else {
+                continue;
+            };
+            match write_privileges(&mut conn).await {
+                Ok(privileges) if !privileges.is_empty() => tracing::warn!(
+                    "server `{}`: the account can do more than read ({}); blobcheck only reads, but use a SELECT-only account",
+                    server.name,
+                    privileges.join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(
+                    "server `{}`: SHOW GRANTS failed: {}",
+                    server.name,
+                    one_line(e)
+                ),
+            }
+        }
+    }
+
+    /// A connection to server `i`, within the server's connect timeout.
+    pub async fn conn(&self, i: usize) -> Result<Conn> {
+        let server = &self.servers[i];
+        let failed = |reason: String| Error::Connect {
+            server: server.name.clone(),
+            address: address(server),
+            reason,
+        };
+        match tokio::time::timeout(server.connect_timeout, self.pools[i].get_conn()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(failed(one_line(e))),
+            Err(_) => Err(failed(format!(
+                "no answer within {} s",
+                server.connect_timeout.as_secs()
+            ))),
+        }
+    }
+
+    pub fn query_error(&self, i: usize, e: impl std::fmt::Display) -> Error {
+        Error::Query {
+            server: self.servers[i].name.clone(),
+            reason: one_line(e),
+        }
+    }
+
+    pub async fn disconnect(self) {
+        for pool in self.pools {
+            let _ = pool.disconnect().await;
+        }
+    }
+}
+
+/// What the schema check learned about one integer column.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub data_type: String,
+    pub unsigned: bool,
+    pub nullable: bool,
+}
+
+/// The column types that can hold blob ids.
+pub const INTEGER_TYPES: [&str; 5] = ["tinyint", "smallint", "mediumint", "int", "bigint"];
+
+/// The online DDL that gives `column` the index the scan needs.
+pub fn add_index_sql(table: &TableName, column: &Ident) -> String {
+    format!(
+        "ALTER TABLE {} ADD INDEX {} ({}), ALGORITHM=INPLACE, LOCK=NONE;",
+        table.quoted(),
+        column.quoted(),
+        column.quoted()
+    )
+}
+
+async fn column_info(
+    db: &Databases,
+    server: usize,
+    conn: &mut Conn,
+    table: &TableName,
+    column: &Ident,
+) -> Result<ColumnInfo> {
+    let schema_error = |reason: String| Error::Schema {
+        server: db.servers[server].name.clone(),
+        reason,
+    };
+    let database_exists: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+            (table.database.as_str(),),
+        )
+        .await
+        .map_err(|e| db.query_error(server, e))?;
+    if database_exists.is_none() {
+        return Err(schema_error(format!(
+            "database `{}` not found (or the account may not read it)",
+            table.database
+        )));
+    }
+    let table_exists: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (table.database.as_str(), table.table.as_str()),
+        )
+        .await
+        .map_err(|e| db.query_error(server, e))?;
+    if table_exists.is_none() {
+        return Err(schema_error(format!(
+            "table `{table}` not found (or the account may not read it)"
+        )));
+    }
+    let row: Option<(String, String, String)> = conn
+        .exec_first(
+            "SELECT DATA_TYPE, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            (
+                table.database.as_str(),
+                table.table.as_str(),
+                column.as_str(),
+            ),
+        )
+        .await
+        .map_err(|e| db.query_error(server, e))?;
+    let Some((data_type, column_type, nullable)) = row else {
+        return Err(schema_error(format!(
+            "column `{column}` not found in table `{table}`"
+        )));
+    };
+    let data_type = data_type.to_ascii_lowercase();
+    if !INTEGER_TYPES.contains(&data_type.as_str()) {
+        return Err(schema_error(format!(
+            "column `{table}`.`{column}` is {column_type}, not an integer type: it cannot hold blob ids"
+        )));
+    }
+    Ok(ColumnInfo {
+        data_type,
+        unsigned: column_type.to_ascii_lowercase().contains("unsigned"),
+        nullable: nullable.eq_ignore_ascii_case("YES"),
+    })
+}
+
+/// Indexes whose first column is `column`, best first: the primary key,
+/// then unique, then the rest by name. Each entry is (name, unique, number
+/// of columns).
+async fn leading_indexes(
+    db: &Databases,
+    server: usize,
+    conn: &mut Conn,
+    table: &TableName,
+    column: &Ident,
+) -> Result<Vec<(String, bool, u64)>> {
+    conn.exec(
+        LEADING_INDEXES_SQL,
+        (
+            table.database.as_str(),
+            table.table.as_str(),
+            column.as_str(),
+        ),
+    )
+    .await
+    .map_err(|e| db.query_error(server, e))
+}
+
+async fn primary_key_columns(
+    db: &Databases,
+    server: usize,
+    conn: &mut Conn,
+    table: &TableName,
+) -> Result<Vec<ServerIdent>> {
+    let columns: Vec<String> = conn
+        .exec(
+            PRIMARY_KEY_SQL,
+            (table.database.as_str(), table.table.as_str()),
+        )
+        .await
+        .map_err(|e| db.query_error(server, e))?;
+    Ok(columns.into_iter().map(ServerIdent).collect())
+}
+
+/// Indexes whose first column is `?` (database, table, column), best
+/// first: the primary key, then unique, then by name; each row is (name,
+/// unique, number of columns).
+pub const LEADING_INDEXES_SQL: &str = "SELECT s.INDEX_NAME, s.NON_UNIQUE = 0, \
+    (SELECT COUNT(*) FROM information_schema.STATISTICS c \
+      WHERE c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME \
+        AND c.INDEX_NAME = s.INDEX_NAME) \
+    FROM information_schema.STATISTICS s \
+    WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.COLUMN_NAME = ? AND s.SEQ_IN_INDEX = 1 \
+    ORDER BY s.INDEX_NAME = 'PRIMARY' DESC, s.NON_UNIQUE, s.INDEX_NAME";
+
+/// The primary-key columns of a table (database, table), in key order.
+pub const PRIMARY_KEY_SQL: &str = "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
+    WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
+    ORDER BY SEQ_IN_INDEX";
+
+/// A reference column as the scan reads it.
+#[derive(Debug, Clone)]
+pub struct ReferenceScan {
+    pub server: usize,
+    pub table: TableName,
+    pub column: Ident,
+    pub index: ServerIdent,
+    pub info: ColumnInfo,
+    pub label: String,
+    /// The table's primary-key columns, to name the rows that reference a
+    /// blob; empty when the table has none.
+    pub primary_key: Vec<ServerIdent>,
+}
+
+/// The blob table as the scan reads it.
+#[derive(Debug, Clone)]
+pub struct BlobScan {
+    pub server: usize,
+    pub table: TableName,
+    pub id: Ident,
+    pub count: Ident,
+    pub index: ServerIdent,
+}
+
+/// Everything the scan needs to know about the schema, checked.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub blobs: BlobScan,
+    pub references: Vec<ReferenceScan>,
+}
+
+/// A name the server reported (an index, a primary-key column). Unlike names from the
+/// configuration it may hold any character; quoting doubles backticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerIdent(pub String);
+
+impl ServerIdent {
+    pub fn quoted(&self) -> String {
+        format!("`{}`", self.0.replace('`', "``"))
+    }
+}
+
+/// Checks that every table and column exists, holds integers and has an
+/// index that starts with it; the errors say how to fix what is not so.
+pub async fn inspect(config: &Config, db: &Databases) -> Result<Schema> {
+    let b = &config.blobs;
+    let mut conn = db.conn(b.server).await?;
+    let server = &db.servers[b.server];
+    column_info(db, b.server, &mut conn, &b.table, &b.id).await?;
+    column_info(db, b.server, &mut conn, &b.table, &b.count).await?;
+    let indexes = leading_indexes(db, b.server, &mut conn, &b.table, &b.id).await?;
+    let Some((index, _, _)) = indexes
+        .into_iter()
+        .find(|(_, unique, columns)| *unique && *columns == 1)
+    else {
+        return Err(Error::Schema {
+            server: server.name.clone(),
+            reason: format!(
+                "`{}`.`{}` must be the primary key (or a unique index of that column alone): the scan walks it in order",
+                b.table, b.id
+            ),
+        });
+    };
+    let blobs = BlobScan {
+        server: b.server,
+        table: b.table.clone(),
+        id: b.id.clone(),
+        count: b.count.clone(),
+        index: ServerIdent(index),
+    };
+    drop(conn);
+
+    let mut references = Vec::with_capacity(config.references.len());
+    for r in &config.references {
+        let mut conn = db.conn(r.server).await?;
+        let server = &db.servers[r.server];
+        let info = column_info(db, r.server, &mut conn, &r.table, &r.column).await?;
+        let indexes = leading_indexes(db, r.server, &mut conn, &r.table, &r.column).await?;
+        let Some((index, _, _)) = indexes.into_iter().next() else {
+            return Err(Error::Schema {
+                server: server.name.clone(),
+                reason: format!(
+                    "`{}`.`{}` has no index that starts with it, so counting its references would scan the whole table; add one online with: {}",
+                    r.table,
+                    r.column,
+                    add_index_sql(&r.table, &r.column)
+                ),
+            });
+        };
+        let primary_key = primary_key_columns(db, r.server, &mut conn, &r.table).await?;
+        references.push(ReferenceScan {
+            server: r.server,
+            table: r.table.clone(),
+            column: r.column.clone(),
+            index: ServerIdent(index),
+            info,
+            label: r.label.clone(),
+            primary_key,
+        });
+    }
+    Ok(Schema { blobs, references })
+}
+
+/// `SELECT id, count … ORDER BY id LIMIT n` over the primary key.
+pub fn blob_batch_sql(blobs: &BlobScan, range: IdRange, limit: u64) -> String {
+    blob_batch_with(
+        blobs,
+        &range.start.to_string(),
+        &range.end.to_string(),
+        &limit.to_string(),
+    )
+}
+
+/// `blob_batch_sql` as a prepared statement: start, end, limit.
+pub fn blob_batch_statement(blobs: &BlobScan) -> String {
+    blob_batch_with(blobs, "?", "?", "?")
+}
+
+fn blob_batch_with(blobs: &BlobScan, start: &str, end: &str, limit: &str) -> String {
+    format!(
+        "SELECT {id}, {count} FROM {table} FORCE INDEX ({index}) \
+         WHERE {id} >= {start} AND {id} <= {end} ORDER BY {id} LIMIT {limit}",
+        id = blobs.id.quoted(),
+        count = blobs.count.quoted(),
+        table = blobs.table.quoted(),
+        index = blobs.index.quoted(),
+    )
+}
+
+/// The smallest and largest blob id: two index dives
+/// ("Select tables optimized away").
+pub fn blob_id_span_sql(blobs: &BlobScan) -> String {
+    format!(
+        "SELECT MIN({id}), MAX({id}) FROM {table}",
+        id = blobs.id.quoted(),
+        table = blobs.table.quoted(),
+    )
+}
+
+/// `SELECT column, COUNT(*) … GROUP BY column ORDER BY column LIMIT n`
+/// through the column's index: an index-only range scan, and one row per
+/// distinct id however many rows reference it.
+pub fn reference_batch_sql(reference: &ReferenceScan, range: IdRange, limit: u64) -> String {
+    reference_batch_with(
+        reference,
+        &range.start.to_string(),
+        &range.end.to_string(),
+        &limit.to_string(),
+    )
+}
+
+/// `reference_batch_sql` as a prepared statement: start, end, limit.
+pub fn reference_batch_statement(reference: &ReferenceScan) -> String {
+    reference_batch_with(reference, "?", "?", "?")
+}
+
+fn reference_batch_with(reference: &ReferenceScan, start: &str, end: &str, limit: &str) -> String {
+    format!(
+        "SELECT {col}, COUNT(*) FROM {table} FORCE INDEX ({index}) \
+         WHERE {col} >= {start} AND {col} <= {end} GROUP BY {col} ORDER BY {col} LIMIT {limit}",
+        col = reference.column.quoted(),
+        table = reference.table.quoted(),
+        index = reference.index.quoted(),
+    )
+}
+
+/// `column IN (…)` for `ids`. Literals above 2⁶³−1 are DECIMAL to the
+/// server, and an IN list that mixes them with BIGINT literals is not used
+/// for a range scan (MariaDB falls back to a full scan), so the two kinds go
+/// into separate lists.
+fn in_condition(column: &Ident, ids: &[u64]) -> String {
+    let list = |ids: &mut dyn Iterator<Item = &u64>| -> String {
+        let ids: Vec<String> = ids.map(u64::to_string).collect();
+        format!("{} IN ({})", column.quoted(), ids.join(","))
+    };
+    let small = ids.iter().filter(|&&id| id <= i64::MAX as u64).count();
+    match (small, ids.len() - small) {
+        (0, 0) => "FALSE".to_owned(),
+        (_, 0) | (0, _) => list(&mut ids.iter()),
+        _ => format!(
+            "({} OR {})",
+            list(&mut ids.iter().filter(|&&id| id <= i64::MAX as u64)),
+            list(&mut ids.iter().filter(|&&id| id > i64::MAX as u64))
+        ),
+    }
+}
+
+/// Point reads of stored counts for confirmation. No ORDER BY: the caller
+/// sorts, so the server never needs a sort.
+pub fn blob_points_sql(blobs: &BlobScan, ids: &[u64]) -> String {
+    format!(
+        "SELECT {id}, {count} FROM {table} FORCE INDEX ({index}) WHERE {condition}",
+        id = blobs.id.quoted(),
+        count = blobs.count.quoted(),
+        table = blobs.table.quoted(),
+        index = blobs.index.quoted(),
+        condition = in_condition(&blobs.id, ids),
+    )
+}
+
+/// Point reads of one column's reference counts for confirmation.
+pub fn reference_points_sql(reference: &ReferenceScan, ids: &[u64]) -> String {
+    format!(
+        "SELECT {col}, COUNT(*) FROM {table} FORCE INDEX ({index}) WHERE {condition} GROUP BY {col}",
+        col = reference.column.quoted(),
+        table = reference.table.quoted(),
+        index = reference.index.quoted(),
+        condition = in_condition(&reference.column, ids),
+    )
+}
+
+/// The primary keys of up to `limit` rows that reference `id`: an
+/// index-only lookup, since an InnoDB secondary index holds the primary key.
+pub fn affected_rows_sql(reference: &ReferenceScan, id: u64, limit: u64) -> Option<String> {
+    if reference.primary_key.is_empty() {
+        return None;
+    }
+    let key: Vec<String> = reference
+        .primary_key
+        .iter()
+        .map(ServerIdent::quoted)
+        .collect();
+    Some(format!(
+        "SELECT {key} FROM {table} FORCE INDEX ({index}) WHERE {col} = {id} LIMIT {limit}",
+        key = key.join(", "),
+        table = reference.table.quoted(),
+        index = reference.index.quoted(),
+        col = reference.column.quoted(),
+    ))
+}
+
+/// Rows whose reference is NULL (not a reference) or, in a signed column,
+/// negative (never a blob id).
+pub fn unusable_count_sql(reference: &ReferenceScan) -> Option<String> {
+    let condition = match (reference.info.nullable, reference.info.unsigned) {
+        (false, true) => return None,
+        (true, true) => format!("{} IS NULL", reference.column.quoted()),
+        (false, false) => format!("{} < 0", reference.column.quoted()),
+        (true, false) => format!("({c} IS NULL OR {c} < 0)", c = reference.column.quoted()),
+    };
+    Some(format!(
+        "SELECT COUNT(*) FROM {} FORCE INDEX ({}) WHERE {condition}",
+        reference.table.quoted(),
+        reference.index.quoted(),
+    ))
+}
+
+/// How scan batches travel: SQL text, or prepared statements with the
+/// binary protocol. See BENCHMARKS.md for how they compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Text,
+    Binary,
+}
+
+impl Protocol {
+    /// `BLOBCHECK_PROTOCOL=text|binary`, a knob for benchmarks. The default
+    /// is binary: at 10⁷ blobs it saved 12% of the client's CPU and 10 to 15%
+    /// of wall time (BENCHMARKS.md), decoding integers instead of text.
+    pub fn from_env() -> Protocol {
+        match std::env::var("BLOBCHECK_PROTOCOL").as_deref() {
+            Ok("text") => Protocol::Text,
+            _ => Protocol::Binary,
+        }
+    }
+}
+
+/// A query: SQL text, or a statement to prepare with its parameters.
+enum Query {
+    Text(String),
+    Prepared(String, (u64, u64, u64)),
+}
+
+/// What a query reads, for the rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Scan,
+    Points,
+}
+
+/// Answers the scan's batches from the servers.
+pub struct DbSource {
+    pub databases: Databases,
+    pub schema: Schema,
+    /// How long a query keeps being retried after connection failures (a
+    /// restarted server, a dropped connection) before the check gives up.
+    pub retry_for: Duration,
+    pub throttle: Arc<Throttle>,
+    pub protocol: Protocol,
+}
+
+/// Errors worth another try: the connection or the server went away, or
+/// the server asked to come back later. Anything else (a wrong column, a
+/// missing privilege) would fail again.
+fn retryable(error: &mysql_async::Error) -> bool {
+    use mysql_async::{DriverError, Error as E};
+    match error {
+        E::Io(_) => true,
+        E::Driver(DriverError::ConnectionClosed | DriverError::PoolDisconnected) => true,
+        // Server shutdown, connection killed, too many connections, query
+        // interrupted, lock wait timeout, deadlock, lost connection.
+        E::Server(server) => matches!(
+            server.code,
+            1040 | 1053 | 1205 | 1213 | 1317 | 1927 | 2006 | 2013
+        ),
+        _ => false,
+    }
+}
+
+/// A key value as text: numbers as digits, text as is, bytes as hex.
+fn value_text(value: Option<&mysql_async::Value>) -> String {
+    use mysql_async::Value;
+    match value {
+        None | Some(Value::NULL) => "NULL".to_owned(),
+        Some(Value::Int(n)) => n.to_string(),
+        Some(Value::UInt(n)) => n.to_string(),
+        Some(Value::Bytes(bytes)) => match std::str::from_utf8(bytes) {
+            Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
+            _ => bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        },
+        Some(other) => other.as_sql(true),
+    }
+}
+
+fn parse_pair(row: Row, server: &str, what: &str) -> Result<(u64, u64)> {
+    let mut row = row;
+    let id = row.take_opt::<u64, _>(0);
+    let count = row.take_opt::<u64, _>(1);
+    match (id, count) {
+        (Some(Ok(id)), Some(Ok(count))) => Ok((id, count)),
+        (Some(Ok(id)), _) => Err(Error::Query {
+            server: server.to_owned(),
+            reason: format!("{what}: id {id} has a count that is not a non-negative integer"),
+        }),
+        _ => Err(Error::Query {
+            server: server.to_owned(),
+            reason: format!("{what}: an id that is not a non-negative integer"),
+        }),
+    }
+}
+
+impl DbSource {
+    pub fn new(databases: Databases, schema: Schema) -> DbSource {
+        DbSource {
+            databases,
+            schema,
+            retry_for: Duration::from_secs(300),
+            throttle: Throttle::unlimited(),
+            protocol: Protocol::from_env(),
+        }
+    }
+
+    fn batch_query(
+        &self,
+        text: String,
+        statement: impl FnOnce() -> String,
+        range: IdRange,
+        limit: u64,
+    ) -> Query {
+        match self.protocol {
+            Protocol::Text => Query::Text(text),
+            Protocol::Binary => Query::Prepared(statement(), (range.start, range.end, limit)),
+        }
+    }
+
+    /// Runs one query that returns `(id, count)` pairs, retrying with
+    /// backoff while the failure is one a reconnect can cure. Scan batches
+    /// count against `--max-rows-per-second`; confirmation's point reads
+    /// (a few ids each) do not, so that findings are not held back behind the
+    /// scan, but they still wait out pauses for lag and load.
+    async fn pairs(
+        &self,
+        server: usize,
+        query: Query,
+        what: &str,
+        read: Read,
+    ) -> Result<Vec<(u64, u64)>> {
+        let name = &self.databases.servers[server].name;
+        let deadline = Instant::now() + self.retry_for;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            self.throttle.wait_ready().await;
+            let attempt = async {
+                let mut conn = self.databases.pools[server].get_conn().await?;
+                match &query {
+                    Query::Text(sql) => conn.query::<Row, _>(sql.as_str()).await,
+                    Query::Prepared(statement, params) => {
+                        conn.exec::<Row, _, _>(statement.as_str(), *params).await
+                    }
+                }
+            };
+            let limit = self.databases.servers[server].connect_timeout + QUERY_TIMEOUT;
+            let failure = match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(rows)) => {
+                    if read == Read::Scan {
+                        self.throttle.consume(rows.len() as u64).await;
+                    }
+                    return rows
+                        .into_iter()
+                        .map(|row| parse_pair(row, name, what))
+                        .collect();
+                }
+                Ok(Err(e)) if !retryable(&e) => {
+                    return Err(self.databases.query_error(server, e));
+                }
+                Ok(Err(e)) => one_line(e),
+                Err(_) => "no answer in time".to_owned(),
+            };
+            if Instant::now() + delay > deadline {
+                return Err(Error::Query {
+                    server: name.clone(),
+                    reason: format!(
+                        "{failure} (gave up after retrying for {} s)",
+                        self.retry_for.as_secs()
+                    ),
+                });
+            }
+            tracing::warn!(
+                "server `{name}`: {failure}; retrying in {:.1} s",
+                delay.as_secs_f64()
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// The smallest and largest blob id, `None` for an empty table.
+    pub async fn blob_id_span(&self) -> Result<Option<(u64, u64)>> {
+        let blobs = &self.schema.blobs;
+        let mut conn = self.databases.conn(blobs.server).await?;
+        let span: Option<(Option<u64>, Option<u64>)> = conn
+            .query_first(blob_id_span_sql(blobs))
+            .await
+            .map_err(|e| self.databases.query_error(blobs.server, e))?;
+        Ok(match span {
+            Some((Some(first), Some(last))) => Some((first, last)),
+            _ => None,
+        })
+    }
+
+    /// Up to `limit` rows per column that reference the finding's blob,
+    /// named by table and primary key.
+    pub async fn affected_rows(&self, finding: &Finding, limit: u64) -> Result<Vec<AffectedRow>> {
+        let mut rows = Vec::new();
+        for &(column, _) in &finding.references {
+            let reference = &self.schema.references[column];
+            let Some(sql) = affected_rows_sql(reference, finding.blob_id, limit) else {
+                continue;
+            };
+            let mut conn = self.databases.conn(reference.server).await?;
+            let found: Vec<Row> = conn
+                .query(sql)
+                .await
+                .map_err(|e| self.databases.query_error(reference.server, e))?;
+            for row in found {
+                let key = reference
+                    .primary_key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| (name.0.clone(), value_text(row.as_ref(i))))
+                    .collect();
+                rows.push(AffectedRow {
+                    column,
+                    table: reference.table.to_string(),
+                    key,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// NULL (and, in signed columns, negative) values per reference column.
+    pub async fn unusable_counts(&self) -> Result<Vec<u64>> {
+        let mut counts = Vec::with_capacity(self.schema.references.len());
+        for reference in &self.schema.references {
+            let Some(sql) = unusable_count_sql(reference) else {
+                counts.push(0);
+                continue;
+            };
+            let mut conn = self.databases.conn(reference.server).await?;
+            let n: Option<u64> = conn
+                .query_first(sql)
+                .await
+                .map_err(|e| self.databases.query_error(reference.server, e))?;
+            counts.push(n.unwrap_or(0));
+        }
+        Ok(counts)
+    }
+}
+
+impl Source for DbSource {
+    async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
+        let blobs = &self.schema.blobs;
+        let what = blobs.table.to_string();
+        let query = self.batch_query(
+            blob_batch_sql(blobs, range, limit),
+            || blob_batch_statement(blobs),
+            range,
+            limit,
+        );
+        self.pairs(blobs.server, query, &what, Read::Scan).await
+    }
+
+    async fn reference_batch(
+        &self,
+        column: usize,
+        range: IdRange,
+        limit: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let reference = &self.schema.references[column];
+        let query = self.batch_query(
+            reference_batch_sql(reference, range, limit),
+            || reference_batch_statement(reference),
+            range,
+            limit,
+        );
+        self.pairs(reference.server, query, &reference.label, Read::Scan)
+            .await
+    }
+
+    async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+        let blobs = &self.schema.blobs;
+        let what = blobs.table.to_string();
+        let mut rows = self
+            .pairs(
+                blobs.server,
+                Query::Text(blob_points_sql(blobs, ids)),
+                &what,
+                Read::Points,
+            )
+            .await?;
+        rows.sort_unstable();
+        Ok(rows)
+    }
+
+    async fn reference_counts(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+        let reference = &self.schema.references[column];
+        let mut rows = self
+            .pairs(
+                reference.server,
+                Query::Text(reference_points_sql(reference, ids)),
+                &reference.label,
+                Read::Points,
+            )
+            .await?;
+        rows.sort_unstable();
+        Ok(rows)
+    }
+
+    fn column_count(&self) -> usize {
+        self.schema.references.len()
+    }
+}

@@ -1,0 +1,32 @@
+//! blobcheck finds every inconsistency between a blob table's reference
+//! counts and the references held in other tables, on other servers.
+//!
+//! The library is the whole tool; `src/main.rs` only parses the command line.
+//! See `ARCHITECTURE.md` for the map of the modules and how data flows.
+
+pub mod check;
+pub mod checkpoint;
+pub mod config;
+pub mod confirm;
+pub mod db;
+pub mod demo;
+pub mod discovery;
+pub mod doctor;
+pub mod error;
+pub mod finding;
+pub mod merge;
+pub mod metrics;
+pub mod plan;
+pub mod progress;
+pub mod repair;
+pub mod report;
+pub mod sandbox;
+pub mod scan;
+pub mod throttle;
+
+/// Exit status: the check ran and found nothing.
+pub const EXIT_CONSISTENT: i32 = 0;
+/// Exit status: the check ran and found inconsistencies.
+pub const EXIT_FINDINGS: i32 = 1;
+/// Exit status: the check could not be carried out.
+pub const EXIT_ERROR: i32 = 2;

@@ -1,0 +1,359 @@
+//! The command line: parses arguments and hands over to the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use blobcheck::check::{self, CheckOptions, CheckpointOptions, Scope};
+use blobcheck::config::Config;
+use blobcheck::error::Error;
+use blobcheck::metrics::{self, RunMetrics};
+use blobcheck::plan::{IdRange, Partition};
+use blobcheck::progress::ProgressMode;
+use blobcheck::report::{Format, Reporter};
+use blobcheck::{EXIT_CONSISTENT, EXIT_ERROR, EXIT_FINDINGS};
+
+#[derive(Parser)]
+#[command(
+    name = "blobcheck",
+    version,
+    about = "Finds blob reference-count inconsistencies across MySQL/MariaDB servers",
+    after_help = "Exit status: 0 consistent, 1 findings, 2 could not check."
+)]
+struct Cli {
+    /// Only errors on stderr: no progress, no log lines.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Log lines on stderr as text, or as JSON objects for log shippers.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Output format: a table for people, or one JSON object per finding per line.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Write findings (and, in text format, the summary) to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Rows per batch of the first chunk; of every chunk with --chunk-time 0 [config: check.chunk_size; default 10000].
+    #[arg(long, value_name = "ROWS")]
+    chunk_size: Option<u64>,
+    /// Target seconds per chunk; the chunk size adapts to it. 0 keeps --chunk-size fixed [config: check.chunk_time; default 0.5].
+    #[arg(long, value_name = "SECONDS")]
+    chunk_time: Option<f64>,
+    /// Smallest adaptive chunk [config: check.min_chunk_size; default 1000].
+    #[arg(long, value_name = "ROWS")]
+    min_chunk_size: Option<u64>,
+    /// Largest adaptive chunk; bounds memory [config: check.max_chunk_size; default 20000].
+    #[arg(long, value_name = "ROWS")]
+    max_chunk_size: Option<u64>,
+    /// Chunks checked at once [config: check.jobs; default 4].
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Seconds between the reads that confirm a candidate [config: check.settle_delay; default 3].
+    #[arg(long, value_name = "SECONDS")]
+    settle_delay: Option<f64>,
+    /// Re-reads that must agree before a finding is reported; 0 reports single-pass candidates [config: check.confirmations; default 2].
+    #[arg(long, value_name = "N")]
+    confirmations: Option<u32>,
+    /// Blobs with at least N references are re-read even when the scan saw them consistent, and need twice the agreeing reads [config: check.hot_threshold; default 100].
+    #[arg(long, value_name = "N")]
+    hot_threshold: Option<u64>,
+    /// Pause while any server's replica lag exceeds SECONDS [config: check.max_lag; default: off].
+    #[arg(long, value_name = "SECONDS")]
+    max_lag: Option<f64>,
+    /// Pause while any server runs more than N threads [config: check.max_threads_running; default: off].
+    #[arg(long, value_name = "N")]
+    max_threads_running: Option<u64>,
+    /// Read at most N rows per second, over all servers [config: check.max_rows_per_second; default: off].
+    #[arg(long, value_name = "N")]
+    max_rows_per_second: Option<u64>,
+    /// Seconds a failing query is retried before the check gives up [config: check.retry_for; default 300].
+    #[arg(long, value_name = "SECONDS")]
+    retry_for: Option<f64>,
+    /// Rows listed per column for each missing blob or count too low; 0 lists none [config: check.affected_rows; default 10].
+    #[arg(long, value_name = "N")]
+    affected_rows: Option<u64>,
+    /// Write Prometheus metrics of the run to FILE (atomically), for node_exporter's textfile collector; written on failure too.
+    #[arg(long, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+    /// Keep progress, pending candidates and findings in FILE (written atomically every few seconds).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run the checkpoint file describes (starts afresh if the file does not exist yet).
+    #[arg(long, requires = "checkpoint")]
+    resume: bool,
+    /// Check only the K-th (0-based) of N disjoint slices of the id space, so that N processes check everything once.
+    #[arg(long, value_name = "K/N", conflicts_with = "range")]
+    partition: Option<Partition>,
+    /// Check only ids FIRST to LAST (inclusive), e.g. 0-1000000.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
+    range: Option<IdRange>,
+    /// Progress display on stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+}
+
+fn parse_range(text: &str) -> Result<IdRange, String> {
+    let bad = || format!("range `{text}` must be FIRST-LAST with FIRST <= LAST, e.g. 0-1000000");
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let first: u64 = first.trim().parse().map_err(|_| bad())?;
+    let last: u64 = last.trim().parse().map_err(|_| bad())?;
+    if first > last {
+        return Err(bad());
+    }
+    Ok(IdRange::new(first, last))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the databases a configuration file describes.
+    Check {
+        /// The TOML configuration (see examples/proton.toml).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: CheckArgs,
+    },
+    /// Start two throwaway MariaDB servers, load the bundled fixtures, check them, clean up.
+    Demo {
+        #[command(flatten)]
+        args: CheckArgs,
+    },
+    /// Check that every server, table, column and index is ready for a check, and say how to fix what is not (exit 0 ready, 2 not).
+    Doctor {
+        /// The TOML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Re-verify the findings of a check and print guarded UPDATE statements for a person to review and run on the primary; runs nothing itself.
+    RepairSql {
+        /// The TOML configuration the check ran with.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The findings, as `check --format json` wrote them.
+        #[arg(long, value_name = "FILE.jsonl")]
+        findings: PathBuf,
+        /// Write the plan to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line and the "could not check" status,
+    // never in a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("blobcheck: internal error: {message}");
+        std::process::exit(EXIT_ERROR);
+    }));
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let default_filter = if cli.quiet {
+        "error"
+    } else {
+        "warn,blobcheck=info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLOBCHECK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let quiet = cli.quiet;
+    match run(cli.command, quiet) {
+        Ok(0) => ExitCode::from(EXIT_CONSISTENT as u8),
+        Ok(_) => ExitCode::from(EXIT_FINDINGS as u8),
+        Err(e) => {
+            eprintln!("blobcheck: error: {e}");
+            ExitCode::from(EXIT_ERROR as u8)
+        }
+    }
+}
+
+/// `demo`'s settle delay unless one is given.
+const DEMO_SETTLE_DELAY: f64 = 0.5;
+
+/// Help and version go out as clap writes them; a usage error becomes one
+/// line and the "could not check" status, like every other error.
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {
+            let text = error.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("blobcheck: error: {first} (see blobcheck --help)");
+            ExitCode::from(EXIT_ERROR as u8)
+        }
+    }
+}
+
+/// Runs the command; returns the number of findings.
+fn run(command: Command, quiet: bool) -> Result<u64, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
+    match command {
+        Command::Check { config, args } => {
+            let config = Config::load(&config)?;
+            runtime.block_on(check_with(&config, &args, quiet))
+        }
+        Command::Demo { mut args } => {
+            // Nothing writes to the fixtures, so confirmation needs no long
+            // wait; the reads are the same as in production.
+            args.settle_delay.get_or_insert(DEMO_SETTLE_DELAY);
+            runtime.block_on(blobcheck::demo::run(async |config| {
+                check_with(config, &args, quiet).await
+            }))
+        }
+        Command::Doctor { config } => {
+            let config = Config::load(&config)?;
+            let ready = runtime.block_on(async {
+                let mut out = std::io::stdout().lock();
+                blobcheck::doctor::run(&config, &mut out).await
+            })?;
+            if ready {
+                Ok(0)
+            } else {
+                Err(Error::Usage("not ready: see the FAIL lines above".into()))
+            }
+        }
+        Command::RepairSql {
+            config,
+            findings,
+            output,
+        } => {
+            let config = Config::load(&config)?;
+            let mut out = open_output(output.as_deref())?;
+            let stats = runtime.block_on(blobcheck::repair::run(&config, &findings, &mut out))?;
+            out.flush().map_err(|e| Error::Output {
+                path: output.map_or("stdout".into(), |p| p.display().to_string()),
+                reason: e.to_string(),
+            })?;
+            if !quiet {
+                eprintln!(
+                    "blobcheck repair-sql: {} guarded UPDATE statements, {} missing blobs (no automatic fix), {} changed since the check, {} resolved",
+                    stats.statements, stats.missing, stats.changed, stats.resolved
+                );
+            }
+            // Writing a plan is a success whatever it holds.
+            Ok(0)
+        }
+    }
+}
+
+/// FILE, or stdout when none is given, buffered.
+fn open_output(path: Option<&std::path::Path>) -> Result<Box<dyn std::io::Write + Send>, Error> {
+    Ok(match path {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| Error::Output {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    })
+}
+
+async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u64, Error> {
+    let mut settings = config.check.clone();
+    settings.chunk_size = args.chunk_size.unwrap_or(settings.chunk_size);
+    settings.jobs = args.jobs.unwrap_or(settings.jobs);
+    settings.chunk_time = args.chunk_time.unwrap_or(settings.chunk_time);
+    settings.min_chunk_size = args.min_chunk_size.unwrap_or(settings.min_chunk_size);
+    settings.max_chunk_size = args.max_chunk_size.unwrap_or(settings.max_chunk_size);
+    settings.settle_delay = args.settle_delay.unwrap_or(settings.settle_delay);
+    settings.confirmations = args.confirmations.unwrap_or(settings.confirmations);
+    settings.hot_threshold = args.hot_threshold.unwrap_or(settings.hot_threshold);
+    settings.max_lag = args.max_lag.or(settings.max_lag);
+    settings.max_threads_running = args.max_threads_running.or(settings.max_threads_running);
+    settings.max_rows_per_second = args.max_rows_per_second.or(settings.max_rows_per_second);
+    settings.retry_for = args.retry_for.unwrap_or(settings.retry_for);
+    settings.affected_rows = args.affected_rows.unwrap_or(settings.affected_rows);
+    settings.validate().map_err(Error::Usage)?;
+
+    let out = open_output(args.output.as_deref())?;
+    let labels = config.references.iter().map(|r| r.label.clone()).collect();
+    let reporter = Reporter::new(args.format, out, labels);
+    let scope = match (args.partition, args.range) {
+        (Some(partition), _) => Scope::Partition(partition),
+        (None, Some(range)) => Scope::Range(range),
+        (None, None) => Scope::Range(IdRange::ALL),
+    };
+    let options = CheckOptions {
+        scope,
+        scan: settings.scan_options(),
+        confirm: settings.confirm_options(),
+        throttle: settings.throttle_options(),
+        checkpoint: args.checkpoint.clone().map(|path| CheckpointOptions {
+            path,
+            resume: args.resume,
+            interval: std::time::Duration::from_secs(2),
+        }),
+        progress: if quiet {
+            ProgressMode::None
+        } else {
+            args.progress
+        },
+        retry_for: settings.retry_for(),
+        affected_rows: settings.affected_rows,
+        protocol: blobcheck::db::Protocol::from_env(),
+    };
+    let result = check::run(config, &options, reporter).await;
+    if let Some(path) = &args.metrics_file {
+        let labels: Vec<(String, String)> = args
+            .partition
+            .map(|p| vec![("partition".to_owned(), p.to_string())])
+            .unwrap_or_default();
+        let written = metrics::write(
+            path,
+            RunMetrics {
+                summary: result.as_ref().ok(),
+                success: result.is_ok(),
+                finished_at: std::time::SystemTime::now(),
+                last_success: None,
+                labels: &labels,
+            },
+        );
+        if let Err(e) = written {
+            // The check's own outcome matters more than the metrics'.
+            if result.is_ok() {
+                return Err(e);
+            }
+            tracing::error!("{e}");
+        }
+    }
+    Ok(result?.findings.total)
+}

@@ -1,0 +1,1122 @@
+//! Metrics of a run in the Prometheus text exposition format, for
+//! node_exporter's textfile collector (`--collector.textfile.directory`):
+//! findings by kind and severity, candidates that were changes in flight,
+//! what was scanned, how long it took, and when the check last ran and last
+//! succeeded. `deploy/alerts.yml` holds example alerting rules on them.
+//!
+//! The file is replaced atomically (temporary file in the same directory,
+//! fsync, rename), so the collector never reads half a file. A failed run
+//! writes a file too, with `blobcheck_last_run_success 0` and the previous
+//! file's `blobcheck_last_success_timestamp_seconds` carried over, so that
+//! alerts see both the failure and how long the data has been stale.
+//!
+//! Every series is a gauge named `blobcheck_*`. Constant labels (for example
+//! `partition="2/8"`) are added to every series, after the series' own labels.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result, one_line};
+use crate::report::Summary;
+
+/// The series whose value carries over from the previous file on failure.
+const LAST_SUCCESS: &str = "blobcheck_last_success_timestamp_seconds";
+
+/// Label names the series use themselves; a constant label may not reuse them.
+const SERIES_LABELS: [&str; 5] = ["kind", "direction", "severity", "table", "column"];
+
+/// What a finished (or failed) run reports.
+#[derive(Debug, Clone, Copy)]
+pub struct RunMetrics<'a> {
+    /// The run's totals; `None` when the run failed before it had any. When
+    /// given, its series are written whatever `success` says (a run that
+    /// checked everything and then failed, say, to write its output still
+    /// reports what it found); pass `None` for a partial run whose counts
+    /// would mislead.
+    pub summary: Option<&'a Summary>,
+    /// The check completed.
+    pub success: bool,
+    /// When the run ended.
+    pub finished_at: SystemTime,
+    /// The last successful run before this one, for a failed run (ignored on
+    /// success: this run is then the last success). [`write`] also reads it
+    /// from the file it replaces.
+    pub last_success: Option<SystemTime>,
+    /// Constant labels added to every series, e.g. `("partition", "2/8")`.
+    /// Names must be valid Prometheus label names, distinct, not reserved
+    /// (`__*`) and not one of the series' own (`kind`, `direction`,
+    /// `severity`, `table`, `column`): see [`validate_labels`].
+    pub labels: &'a [(String, String)],
+}
+
+/// Renders the metrics of a finished run (success = the check completed;
+/// failed runs still write a file so that alerting sees the failure).
+///
+/// Constant labels that [`validate_labels`] rejects are left out, so the
+/// output is always valid; [`write`] refuses them instead.
+pub fn render(run: &RunMetrics) -> String {
+    let constant: Vec<&(String, String)> = usable_labels(run.labels);
+    let mut out = Output {
+        text: String::new(),
+        constant,
+    };
+
+    out.family(
+        "blobcheck_last_run_timestamp_seconds",
+        "When the last run of blobcheck ended, successful or not (seconds since the Unix epoch).",
+    );
+    out.sample(
+        "blobcheck_last_run_timestamp_seconds",
+        &[],
+        &timestamp(run.finished_at),
+    );
+    out.family(
+        "blobcheck_last_run_success",
+        "1 if the last run of blobcheck completed the check, 0 if it failed.",
+    );
+    out.sample(
+        "blobcheck_last_run_success",
+        &[],
+        if run.success { "1" } else { "0" },
+    );
+    let last_success = if run.success {
+        Some(run.finished_at)
+    } else {
+        run.last_success
+    };
+    if let Some(last_success) = last_success {
+        out.family(
+            LAST_SUCCESS,
+            "When the last successful run of blobcheck ended (seconds since the Unix epoch).",
+        );
+        out.sample(LAST_SUCCESS, &[], &timestamp(last_success));
+    }
+
+    let Some(summary) = run.summary else {
+        return out.text;
+    };
+    let f = &summary.findings;
+
+    out.family(
+        "blobcheck_duration_seconds",
+        "How long the last run with a summary took, in seconds.",
+    );
+    out.sample("blobcheck_duration_seconds", &[], &float(summary.seconds));
+
+    out.family(
+        "blobcheck_findings",
+        "Inconsistencies found by the last run, by kind (and direction for count_mismatch).",
+    );
+    for (kind, direction, count) in [
+        ("count_mismatch", Some("too_low"), f.count_mismatch_too_low),
+        (
+            "count_mismatch",
+            Some("too_high"),
+            f.count_mismatch_too_high,
+        ),
+        ("missing_blob", None, f.missing_blob),
+        ("orphan_blob", None, f.orphan_blob),
+    ] {
+        match direction {
+            Some(direction) => out.sample(
+                "blobcheck_findings",
+                &[("kind", kind), ("direction", direction)],
+                &count.to_string(),
+            ),
+            None => out.sample("blobcheck_findings", &[("kind", kind)], &count.to_string()),
+        }
+    }
+
+    out.family(
+        "blobcheck_findings_by_severity",
+        "Inconsistencies found by the last run, by severity.",
+    );
+    for (severity, count) in [
+        ("critical", f.critical),
+        ("error", f.error),
+        ("warning", f.warning),
+    ] {
+        out.sample(
+            "blobcheck_findings_by_severity",
+            &[("severity", severity)],
+            &count.to_string(),
+        );
+    }
+
+    out.family(
+        "blobcheck_findings_stored_zero",
+        "count_mismatch findings too low with a stored count of 0: referenced blobs the cleanup will delete.",
+    );
+    out.sample(
+        "blobcheck_findings_stored_zero",
+        &[],
+        &f.count_mismatch_too_low_stored_zero.to_string(),
+    );
+
+    out.family(
+        "blobcheck_transient_candidates",
+        "Candidates of the last run that settled to consistent when read again: changes in flight, not findings.",
+    );
+    out.sample(
+        "blobcheck_transient_candidates",
+        &[],
+        &summary.transient.to_string(),
+    );
+    out.family(
+        "blobcheck_unsettled_candidates",
+        "Candidates of the last run that kept changing through every read allowed: neither reported nor cleared.",
+    );
+    out.sample(
+        "blobcheck_unsettled_candidates",
+        &[],
+        &(summary.unsettled.len() as u64).to_string(),
+    );
+
+    out.family(
+        "blobcheck_blob_rows_scanned",
+        "Rows of the blob table read by the last run.",
+    );
+    out.sample(
+        "blobcheck_blob_rows_scanned",
+        &[("table", &summary.blob_table)],
+        &summary.blob_rows.to_string(),
+    );
+
+    // Labels are unique in a valid configuration; should two columns share
+    // one, they are added up rather than written as a duplicate series.
+    let mut columns: Vec<(&str, u64, u64)> = Vec::with_capacity(summary.columns.len());
+    for column in &summary.columns {
+        match columns
+            .iter_mut()
+            .find(|(label, ..)| *label == column.label)
+        {
+            Some((_, references, nulls)) => {
+                *references += column.references;
+                *nulls += column.null_or_invalid;
+            }
+            None => columns.push((&column.label, column.references, column.null_or_invalid)),
+        }
+    }
+    if !columns.is_empty() {
+        out.family(
+            "blobcheck_references_scanned",
+            "References counted by the last run, per reference column.",
+        );
+        for (label, references, _) in &columns {
+            out.sample(
+                "blobcheck_references_scanned",
+                &[("column", label)],
+                &references.to_string(),
+            );
+        }
+        out.family(
+            "blobcheck_null_references",
+            "NULL or negative values seen in a reference column by the last run (not references).",
+        );
+        for (label, _, nulls) in &columns {
+            out.sample(
+                "blobcheck_null_references",
+                &[("column", label)],
+                &nulls.to_string(),
+            );
+        }
+    }
+    out.text
+}
+
+/// Writes the file atomically (temp file in the same directory, fsync,
+/// rename), carrying over `blobcheck_last_success_timestamp_seconds` from
+/// the existing file when this run failed.
+///
+/// The temporary file is `.NAME.PID.N.tmp`, so the textfile collector (which
+/// reads `*.prom`) never sees it, and concurrent writers do not collide. The
+/// file is created with the usual permissions (0666 less the umask), so that
+/// node_exporter, usually another user, can read it.
+pub fn write(path: &Path, run: RunMetrics<'_>) -> Result<()> {
+    validate_labels(run.labels).map_err(|reason| {
+        Error::Usage(format!(
+            "metrics file {}: {}",
+            path.display(),
+            one_line(reason)
+        ))
+    })?;
+    let mut run = run;
+    if !run.success {
+        run.last_success = run.last_success.max(previous_last_success(path));
+    }
+    let text = render(&run);
+
+    let temporary = temporary_path(path);
+    let result = write_and_rename(&temporary, path, text.as_bytes());
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.map_err(|e| Error::Output {
+        path: format!("metrics file {}", path.display()),
+        reason: one_line(e),
+    })
+}
+
+/// Reads the previous file's last-success timestamp, if any (tolerant of a
+/// missing or malformed file: `None` then).
+pub fn previous_last_success(path: &Path) -> Option<SystemTime> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.trim_start().strip_prefix(LAST_SUCCESS)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labels) => skip_labels(labels)?,
+                None if rest.starts_with([' ', '\t']) => rest,
+                None => return None,
+            };
+            let since = parse_seconds(rest.split_whitespace().next()?)?;
+            SystemTime::UNIX_EPOCH.checked_add(since)
+        })
+        .max()
+}
+
+/// Parses a non-negative number of seconds: exactly when written as
+/// `DIGITS[.DIGITS]` (as this module writes it; no float rounding), else as a
+/// float (`1.7e9`). `None` for anything negative, infinite or not a number.
+fn parse_seconds(text: &str) -> Option<Duration> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !whole.is_empty() && digits(whole) && digits(fraction) {
+        let seconds: u64 = whole.parse().ok()?;
+        let mut nanos = 0u32;
+        for (i, digit) in fraction.bytes().take(9).enumerate() {
+            nanos += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
+        }
+        return Some(Duration::new(seconds, nanos));
+    }
+    let value: f64 = text.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(value).ok()
+}
+
+/// Checks constant labels: valid Prometheus label names
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`), not reserved (`__*`), not used by the series
+/// themselves (`kind`, `direction`, `severity`, `table`, `column`), each
+/// name once. Values may be any text.
+pub fn validate_labels(labels: &[(String, String)]) -> std::result::Result<(), String> {
+    for (i, (name, _)) in labels.iter().enumerate() {
+        if !is_label_name(name) {
+            return Err(format!(
+                "`{name}` is not a label name (letters, digits and _, not starting with a digit)"
+            ));
+        }
+        if name.starts_with("__") {
+            return Err(format!(
+                "label `{name}`: names starting with __ are reserved"
+            ));
+        }
+        if SERIES_LABELS.contains(&name.as_str()) {
+            return Err(format!(
+                "label `{name}` is used by the series themselves; choose another name"
+            ));
+        }
+        if labels[..i].iter().any(|(other, _)| other == name) {
+            return Err(format!("label `{name}` is given twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses one `NAME=VALUE` constant label, as a command-line value parser.
+pub fn parse_label(text: &str) -> std::result::Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    let label = (name.to_owned(), value.to_owned());
+    validate_labels(std::slice::from_ref(&label))?;
+    Ok(label)
+}
+
+fn usable_labels(labels: &[(String, String)]) -> Vec<&(String, String)> {
+    let mut usable: Vec<&(String, String)> = Vec::with_capacity(labels.len());
+    for label in labels {
+        let fine = validate_labels(std::slice::from_ref(label)).is_ok()
+            && !usable.iter().any(|(name, _)| *name == label.0);
+        if fine {
+            usable.push(label);
+        }
+    }
+    usable
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The text being built, with the constant labels for every sample.
+struct Output<'a> {
+    text: String,
+    constant: Vec<&'a (String, String)>,
+}
+
+impl Output<'_> {
+    fn family(&mut self, name: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} gauge");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+        self.text.push_str(name);
+        let all = labels.iter().copied().chain(
+            self.constant
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        let mut first = true;
+        for (label, value) in all {
+            self.text.push(if first { '{' } else { ',' });
+            first = false;
+            let _ = write!(self.text, "{label}=\"{}\"", escape_label_value(value));
+        }
+        if !first {
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes HELP text: backslash and line feed.
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Seconds since the Unix epoch, to the millisecond (rounded, so that a
+/// value read back from a file and written again does not drift).
+fn timestamp(time: SystemTime) -> String {
+    let (sign, since) = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => ("", since),
+        Err(before) => ("-", before.duration()),
+    };
+    let millis = (since.as_nanos() + 500_000) / 1_000_000;
+    format!("{sign}{}.{:03}", millis / 1000, millis % 1000)
+}
+
+/// A float as the exposition format spells it (`NaN`, `+Inf`, `-Inf`).
+fn float(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        value.to_string()
+    }
+}
+
+/// Skips a label set after its `{`, honouring quoted values and escapes;
+/// returns what follows the closing `}`.
+fn skip_labels(text: &str) -> Option<&str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(&text[i + 1..]),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    path.with_file_name(name)
+}
+
+fn write_and_rename(temporary: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(temporary, path)?;
+    // Make the rename itself durable. Best effort: some file systems cannot
+    // sync a directory, and the new file is in place either way.
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if let Ok(directory) = std::fs::File::open(directory) {
+        let _ = directory.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ColumnSummary, FindingCounts};
+    use std::collections::{HashMap, HashSet};
+
+    fn at(seconds: u64, millis: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(seconds * 1000 + millis)
+    }
+
+    fn summary() -> Summary {
+        Summary {
+            partition: Some("2/8".into()),
+            blob_table: "ProtonMailGlobal.BlobStorage".into(),
+            blob_rows: 1_000_000,
+            columns: vec![
+                ColumnSummary {
+                    label: "global:ProtonMailGlobal.SentMessage.BlobStorageID".into(),
+                    references: 700_000,
+                    null_or_invalid: 12,
+                },
+                ColumnSummary {
+                    label: "body".into(),
+                    references: 300_001,
+                    null_or_invalid: 0,
+                },
+            ],
+            findings: FindingCounts {
+                total: 477,
+                count_mismatch_too_low: 120,
+                count_mismatch_too_low_stored_zero: 40,
+                count_mismatch_too_high: 200,
+                missing_blob: 57,
+                orphan_blob: 100,
+                critical: 97,
+                error: 80,
+                warning: 300,
+            },
+            transient: 5,
+            unsettled: vec![7, 9],
+            seconds: 12.5,
+            ..Summary::default()
+        }
+    }
+
+    const SUCCESS: &str = r#"# HELP blobcheck_last_run_timestamp_seconds When the last run of blobcheck ended, successful or not (seconds since the Unix epoch).
+# TYPE blobcheck_last_run_timestamp_seconds gauge
+blobcheck_last_run_timestamp_seconds 1767225600.250
+# HELP blobcheck_last_run_success 1 if the last run of blobcheck completed the check, 0 if it failed.
+# TYPE blobcheck_last_run_success gauge
+blobcheck_last_run_success 1
+# HELP blobcheck_last_success_timestamp_seconds When the last successful run of blobcheck ended (seconds since the Unix epoch).
+# TYPE blobcheck_last_success_timestamp_seconds gauge
+blobcheck_last_success_timestamp_seconds 1767225600.250
+# HELP blobcheck_duration_seconds How long the last run with a summary took, in seconds.
+# TYPE blobcheck_duration_seconds gauge
+blobcheck_duration_seconds 12.5
+# HELP blobcheck_findings Inconsistencies found by the last run, by kind (and direction for count_mismatch).
+# TYPE blobcheck_findings gauge
+blobcheck_findings{kind="count_mismatch",direction="too_low"} 120
+blobcheck_findings{kind="count_mismatch",direction="too_high"} 200
+blobcheck_findings{kind="missing_blob"} 57
+blobcheck_findings{kind="orphan_blob"} 100
+# HELP blobcheck_findings_by_severity Inconsistencies found by the last run, by severity.
+# TYPE blobcheck_findings_by_severity gauge
+blobcheck_findings_by_severity{severity="critical"} 97
+blobcheck_findings_by_severity{severity="error"} 80
+blobcheck_findings_by_severity{severity="warning"} 300
+# HELP blobcheck_findings_stored_zero count_mismatch findings too low with a stored count of 0: referenced blobs the cleanup will delete.
+# TYPE blobcheck_findings_stored_zero gauge
+blobcheck_findings_stored_zero 40
+# HELP blobcheck_transient_candidates Candidates of the last run that settled to consistent when read again: changes in flight, not findings.
+# TYPE blobcheck_transient_candidates gauge
+blobcheck_transient_candidates 5
+# HELP blobcheck_unsettled_candidates Candidates of the last run that kept changing through every read allowed: neither reported nor cleared.
+# TYPE blobcheck_unsettled_candidates gauge
+blobcheck_unsettled_candidates 2
+# HELP blobcheck_blob_rows_scanned Rows of the blob table read by the last run.
+# TYPE blobcheck_blob_rows_scanned gauge
+blobcheck_blob_rows_scanned{table="ProtonMailGlobal.BlobStorage"} 1000000
+# HELP blobcheck_references_scanned References counted by the last run, per reference column.
+# TYPE blobcheck_references_scanned gauge
+blobcheck_references_scanned{column="global:ProtonMailGlobal.SentMessage.BlobStorageID"} 700000
+blobcheck_references_scanned{column="body"} 300001
+# HELP blobcheck_null_references NULL or negative values seen in a reference column by the last run (not references).
+# TYPE blobcheck_null_references gauge
+blobcheck_null_references{column="global:ProtonMailGlobal.SentMessage.BlobStorageID"} 12
+blobcheck_null_references{column="body"} 0
+"#;
+
+    #[test]
+    fn renders_a_summary_exactly() {
+        let summary = summary();
+        let text = render(&RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(1_767_225_600, 250),
+            last_success: Some(at(1, 0)),
+            labels: &[],
+        });
+        assert_eq!(text, SUCCESS);
+        validate(&text).unwrap();
+    }
+
+    #[test]
+    fn zero_findings_are_still_written() {
+        let summary = Summary::default();
+        let text = render(&RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(10, 0),
+            last_success: None,
+            labels: &[],
+        });
+        for line in [
+            "blobcheck_findings{kind=\"count_mismatch\",direction=\"too_low\"} 0",
+            "blobcheck_findings{kind=\"count_mismatch\",direction=\"too_high\"} 0",
+            "blobcheck_findings{kind=\"missing_blob\"} 0",
+            "blobcheck_findings{kind=\"orphan_blob\"} 0",
+            "blobcheck_findings_by_severity{severity=\"critical\"} 0",
+            "blobcheck_findings_stored_zero 0",
+            "blobcheck_unsettled_candidates 0",
+            "blobcheck_last_success_timestamp_seconds 10.000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // No columns: the per-column families are left out, not left empty.
+        assert!(!text.contains("blobcheck_references_scanned"), "{text}");
+        validate(&text).unwrap();
+    }
+
+    #[test]
+    fn constant_labels_go_on_every_series() {
+        let summary = summary();
+        let labels = [
+            ("partition".to_owned(), "2/8".to_owned()),
+            ("cluster".to_owned(), "eu".to_owned()),
+        ];
+        let text = render(&RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(100, 0),
+            last_success: None,
+            labels: &labels,
+        });
+        validate(&text).unwrap();
+        assert!(text.lines().any(|l| l
+            == r#"blobcheck_findings{kind="count_mismatch",direction="too_low",partition="2/8",cluster="eu"} 120"#));
+        assert!(
+            text.lines()
+                .any(|l| l == r#"blobcheck_last_run_success{partition="2/8",cluster="eu"} 1"#)
+        );
+        let samples = text.lines().filter(|l| !l.starts_with('#'));
+        for line in samples {
+            assert!(line.contains(r#"partition="2/8",cluster="eu"}"#), "{line}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut summary = summary();
+        summary.blob_table = "db.\"blobs\"".into();
+        summary.columns[1].label = "back\\slash \"quoted\"\nnew line".into();
+        let labels = [("site".to_owned(), "a\\b\"c\nd".to_owned())];
+        let text = render(&RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(100, 0),
+            last_success: None,
+            labels: &labels,
+        });
+        validate(&text).unwrap();
+        assert!(text.lines().any(|l| l
+            == r#"blobcheck_blob_rows_scanned{table="db.\"blobs\"",site="a\\b\"c\nd"} 1000000"#));
+        assert!(text.lines().any(|l| l
+            == r#"blobcheck_references_scanned{column="back\\slash \"quoted\"\nnew line",site="a\\b\"c\nd"} 300001"#));
+        assert_eq!(escape_label_value("plain:a.b-c é"), "plain:a.b-c é");
+    }
+
+    #[test]
+    fn failed_run_without_summary_reports_only_the_run() {
+        let text = render(&RunMetrics {
+            summary: None,
+            success: false,
+            finished_at: at(200, 5),
+            last_success: Some(at(100, 0)),
+            labels: &[],
+        });
+        validate(&text).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "blobcheck_last_run_timestamp_seconds 200.005",
+                "blobcheck_last_run_success 0",
+                "blobcheck_last_success_timestamp_seconds 100.000",
+            ]
+        );
+        // Never succeeded: the series is left out.
+        let text = render(&RunMetrics {
+            summary: None,
+            success: false,
+            finished_at: at(200, 0),
+            last_success: None,
+            labels: &[],
+        });
+        validate(&text).unwrap();
+        assert!(!text.contains(LAST_SUCCESS), "{text}");
+    }
+
+    #[test]
+    fn bad_constant_labels_are_refused_by_write_and_left_out_by_render() {
+        for (name, why) in [
+            ("kind", "used by the series"),
+            ("1st", "not a label name"),
+            ("a-b", "not a label name"),
+            ("__name__", "reserved"),
+            ("", "not a label name"),
+        ] {
+            let labels = [(name.to_owned(), "x".to_owned())];
+            let error = validate_labels(&labels).unwrap_err();
+            assert!(error.contains(why), "{name}: {error}");
+        }
+        let twice = [
+            ("site".to_owned(), "a".to_owned()),
+            ("site".to_owned(), "b".to_owned()),
+        ];
+        assert!(validate_labels(&twice).unwrap_err().contains("twice"));
+
+        let labels = [
+            ("site".to_owned(), "a".to_owned()),
+            ("kind".to_owned(), "x".to_owned()),
+            ("site".to_owned(), "b".to_owned()),
+        ];
+        let summary = summary();
+        let run = RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(1, 0),
+            last_success: None,
+            labels: &labels,
+        };
+        let text = render(&run);
+        validate(&text).unwrap();
+        assert!(text.contains(r#"{kind="missing_blob",site="a"}"#), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blobcheck.prom");
+        let error = write(&path, run).unwrap_err();
+        assert!(matches!(error, Error::Usage(_)), "{error}");
+        assert!(!path.exists());
+
+        assert_eq!(
+            parse_label("partition=2/8=x").unwrap(),
+            ("partition".to_owned(), "2/8=x".to_owned())
+        );
+        assert!(parse_label("partition").is_err());
+        assert!(parse_label("severity=x").is_err());
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn atomic_write_creates_the_file_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blobcheck.prom");
+        let summary = summary();
+        let run = RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(1_767_225_600, 250),
+            last_success: None,
+            labels: &[],
+        };
+        write(&path, run).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), SUCCESS);
+        assert_eq!(files_in(dir.path()), ["blobcheck.prom"]);
+
+        // Replacing it works the same way.
+        write(
+            &path,
+            RunMetrics {
+                success: false,
+                ..run
+            },
+        )
+        .unwrap();
+        assert_eq!(files_in(dir.path()), ["blobcheck.prom"]);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("\nblobcheck_last_run_success 0\n")
+        );
+
+        // The file is readable by others (node_exporter), as usual files are.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_ne!(mode & 0o600, 0, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn write_errors_are_one_line_and_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("blobcheck.prom");
+        let run = RunMetrics {
+            summary: None,
+            success: false,
+            finished_at: at(1, 0),
+            last_success: None,
+            labels: &[],
+        };
+        let error = write(&path, run).unwrap_err();
+        assert!(matches!(error, Error::Output { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("metrics file"), "{message}");
+        assert!(message.contains("blobcheck.prom"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+
+        // The target is a directory: the rename fails, the temporary goes.
+        let path = dir.path().join("taken.prom");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), "x").unwrap();
+        assert!(write(&path, run).is_err());
+        assert_eq!(files_in(dir.path()), ["taken.prom"]);
+    }
+
+    #[test]
+    fn a_failed_run_keeps_the_previous_last_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blobcheck.prom");
+        let labels = [("partition".to_owned(), "2/8".to_owned())];
+        let summary = summary();
+        let success = RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(1_767_225_600, 123),
+            last_success: None,
+            labels: &labels,
+        };
+        write(&path, success).unwrap();
+        assert_eq!(previous_last_success(&path), Some(at(1_767_225_600, 123)));
+
+        // Two failures in a row: the success time carries over unchanged.
+        for finished in [at(1_767_312_000, 0), at(1_767_398_400, 999)] {
+            let failure = RunMetrics {
+                summary: None,
+                success: false,
+                finished_at: finished,
+                last_success: None,
+                labels: &labels,
+            };
+            write(&path, failure).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            validate(&text).unwrap();
+            assert!(
+                text.contains(
+                    "\nblobcheck_last_success_timestamp_seconds{partition=\"2/8\"} 1767225600.123\n"
+                ),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "\nblobcheck_last_run_timestamp_seconds{{partition=\"2/8\"}} {}\n",
+                    timestamp(finished)
+                )),
+                "{text}"
+            );
+            assert!(text.contains("\nblobcheck_last_run_success{partition=\"2/8\"} 0\n"));
+            assert!(!text.contains("blobcheck_findings"), "{text}");
+        }
+
+        // A later time known to the caller wins over the file's.
+        let failure = RunMetrics {
+            summary: None,
+            success: false,
+            finished_at: at(1_767_500_000, 0),
+            last_success: Some(at(1_767_400_000, 0)),
+            labels: &labels,
+        };
+        write(&path, failure).unwrap();
+        assert_eq!(previous_last_success(&path), Some(at(1_767_400_000, 0)));
+
+        // A success replaces it.
+        write(
+            &path,
+            RunMetrics {
+                finished_at: at(1_767_600_000, 0),
+                ..success
+            },
+        )
+        .unwrap();
+        assert_eq!(previous_last_success(&path), Some(at(1_767_600_000, 0)));
+    }
+
+    #[test]
+    fn previous_last_success_tolerates_missing_and_malformed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blobcheck.prom");
+        assert_eq!(previous_last_success(&path), None);
+        for text in [
+            "",
+            "garbage\n\0\u{1}",
+            "blobcheck_last_success_timestamp_seconds\n",
+            "blobcheck_last_success_timestamp_seconds abc\n",
+            "blobcheck_last_success_timestamp_seconds NaN\n",
+            "blobcheck_last_success_timestamp_seconds -5\n",
+            "blobcheck_last_success_timestamp_seconds +Inf\n",
+            "blobcheck_last_success_timestamp_seconds 1e300\n",
+            "blobcheck_last_success_timestamp_seconds{a=\"}\n",
+            "blobcheck_last_success_timestamp_seconds_other 5\n",
+            "# blobcheck_last_success_timestamp_seconds 5\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(previous_last_success(&path), None, "{text:?}");
+        }
+        std::fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
+        assert_eq!(previous_last_success(&path), None);
+        std::fs::write(
+            &path,
+            "blobcheck_last_success_timestamp_seconds{a=\"x} \\\"y\\\\\"} 42.5 1700000000000\n",
+        )
+        .unwrap();
+        assert_eq!(previous_last_success(&path), Some(at(42, 500)));
+        // A directory is not a file either.
+        assert_eq!(previous_last_success(dir.path()), None);
+    }
+
+    #[test]
+    fn timestamps_round_to_the_millisecond_and_survive_a_round_trip() {
+        assert_eq!(timestamp(at(0, 0)), "0.000");
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_999_600_000)),
+            "2.000"
+        );
+        assert_eq!(
+            timestamp(SystemTime::UNIX_EPOCH - Duration::from_millis(1500)),
+            "-1.500"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        for millis in [1, 123, 999] {
+            let time = at(1_767_225_600, millis);
+            std::fs::write(&path, format!("{LAST_SUCCESS} {}\n", timestamp(time))).unwrap();
+            assert_eq!(previous_last_success(&path), Some(time));
+        }
+        assert_eq!(parse_seconds("1.5e3"), Some(Duration::from_secs(1500)));
+        assert_eq!(parse_seconds("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_seconds("7.1234567891"),
+            Some(Duration::new(7, 123_456_789))
+        );
+        assert_eq!(parse_seconds(".5"), Some(Duration::from_millis(500)));
+        for bad in ["", "-1", "1.2.3", "x", "99999999999999999999", "inf"] {
+            assert_eq!(parse_seconds(bad), None, "{bad}");
+        }
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(0.25), "0.25");
+    }
+
+    #[test]
+    fn the_validator_rejects_what_prometheus_would() {
+        validate("# HELP a x\n# TYPE a gauge\na 1\n").unwrap();
+        validate("# HELP a x\n# TYPE a gauge\na{b=\"\\\\\\\"\\n\"} -Inf 17\n").unwrap();
+        for bad in [
+            "a 1\n",                                                                   // no HELP/TYPE
+            "# TYPE a gauge\n# HELP a x\na 1\n", // HELP must come first (our rule)
+            "# HELP a x\n# TYPE a gauge\na{b=\"x\"} one\n", // bad value
+            "# HELP a x\n# TYPE a gauge\na{b=\"x\\q\"} 1\n", // bad escape
+            "# HELP a x\n# TYPE a gauge\na{b=\"x\",b=\"y\"} 1\n", // label twice
+            "# HELP a x\n# TYPE a gauge\na 1\na 2\n", // series twice
+            "# HELP a x\n# TYPE a gauge\na{1b=\"x\"} 1\n", // bad label name
+            "# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\na 3\n", // family reopened
+            "# HELP 1a x\n# TYPE 1a gauge\n1a 1\n", // bad metric name
+            "# HELP a x\n# TYPE a gauge\na 1",      // no final newline
+        ] {
+            assert!(validate(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    /// A small validator of the text exposition format, as strict as this
+    /// module needs: every sample line is `name{labels} value [timestamp]`
+    /// with valid names and escapes, every family has `# HELP` then
+    /// `# TYPE` before its first sample, families are not split, no series
+    /// appears twice, the text ends with a line feed.
+    fn validate(text: &str) -> std::result::Result<(), String> {
+        if !text.is_empty() && !text.ends_with('\n') {
+            return Err("no final line feed".into());
+        }
+        let mut help: HashSet<String> = HashSet::new();
+        let mut typed: HashMap<String, String> = HashMap::new();
+        let mut closed: HashSet<String> = HashSet::new();
+        let mut current: Option<String> = None;
+        let mut series: HashSet<String> = HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let fail = |why: &str| Err(format!("line {}: {why}: {line:?}", n + 1));
+            if let Some(comment) = line.strip_prefix('#') {
+                let mut parts = comment.trim_start().splitn(3, ' ');
+                let keyword = parts.next().unwrap_or_default();
+                let name = parts.next().unwrap_or_default().to_owned();
+                let rest = parts.next().unwrap_or_default();
+                match keyword {
+                    "HELP" | "TYPE" => {
+                        if !is_metric_name(&name) {
+                            return fail("bad metric name");
+                        }
+                        if closed.contains(&name) {
+                            return fail("family reopened");
+                        }
+                        if current.as_ref() != Some(&name) {
+                            if let Some(previous) = current.take() {
+                                closed.insert(previous);
+                            }
+                            current = Some(name.clone());
+                        }
+                        if keyword == "HELP" {
+                            if !help.insert(name.clone()) || typed.contains_key(&name) {
+                                return fail("HELP twice or after TYPE");
+                            }
+                        } else {
+                            if !help.contains(&name) {
+                                return fail("TYPE before HELP");
+                            }
+                            if !matches!(
+                                rest,
+                                "gauge" | "counter" | "histogram" | "summary" | "untyped"
+                            ) {
+                                return fail("bad type");
+                            }
+                            if typed.insert(name, rest.to_owned()).is_some() {
+                                return fail("TYPE twice");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+            let name = &line[..name_end];
+            if !is_metric_name(name) {
+                return fail("bad metric name");
+            }
+            if current.as_deref() != Some(name) {
+                return fail("sample outside its family");
+            }
+            if !help.contains(name) || !typed.contains_key(name) {
+                return fail("no HELP and TYPE before the sample");
+            }
+            let mut rest = &line[name_end..];
+            let mut labels: Vec<(String, String)> = Vec::new();
+            if let Some(after) = rest.strip_prefix('{') {
+                rest = after;
+                loop {
+                    if let Some(after) = rest.strip_prefix('}') {
+                        rest = after;
+                        break;
+                    }
+                    let eq = rest.find('=').ok_or("label without =")?;
+                    let label = &rest[..eq];
+                    if !is_label_name(label) {
+                        return fail("bad label name");
+                    }
+                    if labels.iter().any(|(l, _)| l == label) {
+                        return fail("label twice");
+                    }
+                    rest = rest[eq + 1..]
+                        .strip_prefix('"')
+                        .ok_or("label value not quoted")?;
+                    let mut value = String::new();
+                    let mut chars = rest.char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            None => return fail("unterminated label value"),
+                            Some((i, '"')) => break i,
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, '\\')) => value.push('\\'),
+                                Some((_, '"')) => value.push('"'),
+                                Some((_, 'n')) => value.push('\n'),
+                                _ => return fail("bad escape"),
+                            },
+                            Some((_, '\n')) => return fail("raw line feed"),
+                            Some((_, c)) => value.push(c),
+                        }
+                    };
+                    labels.push((label.to_owned(), value));
+                    rest = &rest[end + 1..];
+                    if let Some(after) = rest.strip_prefix(',') {
+                        rest = after;
+                    } else if !rest.starts_with('}') {
+                        return fail("expected , or }");
+                    }
+                }
+            }
+            let Some(rest) = rest.strip_prefix(' ') else {
+                return fail("no space before the value");
+            };
+            let mut fields = rest.split(' ');
+            let value = fields.next().unwrap_or_default();
+            let valid_value = matches!(value, "NaN" | "+Inf" | "-Inf")
+                || (value.parse::<f64>().is_ok()
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || ".-+eE".contains(c)));
+            if !valid_value {
+                return fail("bad value");
+            }
+            if let Some(timestamp) = fields.next()
+                && timestamp.parse::<i64>().is_err()
+            {
+                return fail("bad timestamp");
+            }
+            if fields.next().is_some() {
+                return fail("trailing fields");
+            }
+            labels.sort();
+            if !series.insert(format!("{name}{labels:?}")) {
+                return fail("series twice");
+            }
+        }
+        Ok(())
+    }
+
+    fn is_metric_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+}

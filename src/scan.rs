@@ -1,0 +1,548 @@
+//! The scan: walks the id range chunk by chunk, reads every stream of a chunk
+//! concurrently, merges them, and hands each chunk's outcome to the caller in
+//! ascending id order.
+//!
+//! The data comes from a [`Source`]: the databases in production (see
+//! `db::DbSource`), an in-memory model in the property tests. Both run the
+//! same chunking code.
+//!
+//! Shape of the pipeline:
+//!
+//! ```text
+//! planner ──chunks──▶ up to `jobs` chunk tasks ──outcomes──▶ reorder ──▶ channel
+//! (blob PK,           (reference batches of all             (by range
+//!  keyset)             columns at once, merge)               start)
+//! ```
+//!
+//! Memory is bounded by `jobs × chunk size × (columns + 1)` rows plus the
+//! reorder buffer, which admits no new task while it holds `2 × jobs`
+//! outcomes; never by the size of a table.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::try_join_all;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::error::Result;
+use crate::finding::Finding;
+use crate::merge::merge_watching;
+use crate::plan::{ChunkSizer, IdRange, chunk_end, merge_cut};
+
+/// Where the scan reads from. Every batch is sorted by id, holds each id at
+/// most once, lies inside `range` and has at most `limit` rows: the first
+/// `limit` ids of the range that have rows.
+pub trait Source: Send + Sync + 'static {
+    /// `(id, stored count)` rows of the blob table.
+    fn blob_batch(
+        &self,
+        range: IdRange,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, u64)>>> + Send;
+
+    /// `(id, number of rows referencing id)` of one reference column.
+    fn reference_batch(
+        &self,
+        column: usize,
+        range: IdRange,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, u64)>>> + Send;
+
+    /// `(id, stored count)` of those of `ids` (sorted, distinct) that have a
+    /// blob row: point reads for confirmation.
+    fn stored_counts(&self, ids: &[u64]) -> impl Future<Output = Result<Vec<(u64, u64)>>> + Send;
+
+    /// `(id, references)` of those of `ids` (sorted, distinct) that one
+    /// column references, sorted by id.
+    fn reference_counts(
+        &self,
+        column: usize,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<Vec<(u64, u64)>>> + Send;
+
+    fn column_count(&self) -> usize;
+}
+
+/// How the scan is cut and how much of it runs at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Rows per batch, for the blob table and each reference column: the
+    /// first chunk's size, and every chunk's when `chunk_time` is `None`.
+    pub chunk_size: u64,
+    /// Chunks in flight at once.
+    pub jobs: usize,
+    /// Aim for chunks that take this long, within the bounds below.
+    pub chunk_time: Option<Duration>,
+    pub min_chunk_size: u64,
+    pub max_chunk_size: u64,
+    /// Consistent ids with at least this many references are handed over
+    /// too, in `ChunkOutcome::watch`.
+    pub hot_threshold: u64,
+}
+
+impl ScanOptions {
+    /// Every chunk `chunk_size` rows.
+    pub fn fixed(chunk_size: u64, jobs: usize) -> ScanOptions {
+        ScanOptions {
+            chunk_size,
+            jobs,
+            chunk_time: None,
+            min_chunk_size: chunk_size,
+            max_chunk_size: chunk_size,
+            hot_threshold: u64::MAX,
+        }
+    }
+}
+
+/// A piece of the id range with its blob rows already read.
+#[derive(Debug)]
+struct Chunk {
+    range: IdRange,
+    blobs: Vec<(u64, u64)>,
+    /// The batch size this chunk was planned with; its reference batches
+    /// use the same.
+    limit: u64,
+}
+
+/// What one contiguous id range held.
+#[derive(Debug, Clone)]
+pub struct ChunkOutcome {
+    pub range: IdRange,
+    pub findings: Vec<Finding>,
+    /// Blob rows read.
+    pub blobs: u64,
+    /// References counted, per column.
+    pub references: Vec<u64>,
+    /// Busy ids the scan saw consistent (difference 0), in id order.
+    pub watch: Vec<Finding>,
+    /// When the last read of this range ended: candidates are re-read a
+    /// settle delay after it.
+    pub read_at: Instant,
+}
+
+/// Reads the next chunk of blob rows starting at `start`, which is at most
+/// `range.end`.
+async fn plan_chunk<S: Source>(
+    source: &S,
+    start: u64,
+    range: IdRange,
+    limit: u64,
+) -> Result<Chunk> {
+    let batch_range = IdRange::new(start, range.end);
+    let blobs = source.blob_batch(batch_range, limit).await?;
+    let end = chunk_end(&blobs, limit, range.end);
+    Ok(Chunk {
+        range: IdRange::new(start, end),
+        blobs,
+        limit,
+    })
+}
+
+/// Reads one batch of every reference column over `chunk`, merges as far as
+/// all of them are complete, and returns what is left of the chunk if a
+/// reference batch was full before the chunk's end.
+async fn check_chunk<S: Source>(
+    source: &S,
+    mut chunk: Chunk,
+    hot_threshold: u64,
+) -> Result<(ChunkOutcome, Option<Chunk>)> {
+    let limit = chunk.limit;
+    let batches = try_join_all(
+        (0..source.column_count()).map(|column| source.reference_batch(column, chunk.range, limit)),
+    )
+    .await?;
+    let cut = merge_cut(chunk.range.end, limit, batches.iter().map(Vec::as_slice));
+    let columns: Vec<&[(u64, u64)]> = batches
+        .iter()
+        .map(|rows| &rows[..rows.partition_point(|&(id, _)| id <= cut)])
+        .collect();
+    let blobs_done = chunk.blobs.partition_point(|&(id, _)| id <= cut);
+    let rest_blobs = chunk.blobs.split_off(blobs_done);
+
+    let mut outcome = ChunkOutcome {
+        range: IdRange::new(chunk.range.start, cut),
+        findings: Vec::new(),
+        blobs: chunk.blobs.len() as u64,
+        references: columns
+            .iter()
+            .map(|rows| rows.iter().map(|&(_, n)| n).sum())
+            .collect(),
+        watch: Vec::new(),
+        read_at: Instant::now(),
+    };
+    merge_watching(
+        &chunk.blobs,
+        &columns,
+        &mut outcome.findings,
+        hot_threshold,
+        &mut outcome.watch,
+    );
+    outcome.read_at = Instant::now();
+
+    let rest = (cut < chunk.range.end).then(|| Chunk {
+        range: IdRange::new(cut + 1, chunk.range.end),
+        blobs: rest_blobs,
+        limit,
+    });
+    Ok((outcome, rest))
+}
+
+/// Scans `range`, sending each chunk's outcome to `outcomes` in ascending
+/// id order; the outcomes' ranges are contiguous and cover `range` exactly.
+/// A full channel holds the scan back. Stops early, without error, when the
+/// receiver is dropped.
+pub async fn scan<S: Source>(
+    source: Arc<S>,
+    range: IdRange,
+    options: ScanOptions,
+    outcomes: mpsc::Sender<ChunkOutcome>,
+) -> Result<()> {
+    let jobs = options.jobs.max(1);
+    let hot_threshold = options.hot_threshold;
+    let sizer = Arc::new(Mutex::new(ChunkSizer::new(
+        options.chunk_size,
+        options.chunk_time,
+        options.min_chunk_size,
+        options.max_chunk_size,
+    )));
+    let spawn_chunk = |tasks: &mut JoinSet<_>, chunk: Chunk| {
+        let source = Arc::clone(&source);
+        let sizer = Arc::clone(&sizer);
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let limit = chunk.limit;
+            let result = check_chunk(&*source, chunk, hot_threshold).await;
+            sizer.lock().unwrap().observe(limit, started.elapsed());
+            result
+        });
+    };
+
+    // The planner walks the blob table's primary key ahead of the workers,
+    // at most `jobs` chunks ahead.
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Chunk>>(jobs);
+    let planner_source = Arc::clone(&source);
+    let planner_sizer = Arc::clone(&sizer);
+    let planner = tokio::spawn(async move {
+        let mut start = range.start;
+        loop {
+            let limit = planner_sizer.lock().unwrap().size();
+            let chunk = plan_chunk(&*planner_source, start, range, limit).await;
+            let next = match &chunk {
+                Ok(chunk) => chunk
+                    .range
+                    .end
+                    .checked_add(1)
+                    .filter(|_| chunk.range.end < range.end),
+                Err(_) => None,
+            };
+            if chunk_tx.send(chunk).await.is_err() {
+                return;
+            }
+            match next {
+                Some(next) => start = next,
+                None => return,
+            }
+        }
+    });
+
+    let mut tasks: JoinSet<Result<(ChunkOutcome, Option<Chunk>)>> = JoinSet::new();
+    // Remainders of chunks whose reference batches stopped early; they come
+    // before anything new from the planner so the reorder buffer drains.
+    let mut remainders: VecDeque<Chunk> = VecDeque::new();
+    let mut reorder: BTreeMap<u64, ChunkOutcome> = BTreeMap::new();
+    let mut next_start: Option<u64> = Some(range.start);
+    let mut planner_done = false;
+
+    let result = async {
+        loop {
+            let admit = tasks.len() < jobs && (tasks.is_empty() || reorder.len() < 2 * jobs);
+            if admit && let Some(chunk) = remainders.pop_front() {
+                spawn_chunk(&mut tasks, chunk);
+                continue;
+            }
+            if tasks.is_empty() && planner_done {
+                break;
+            }
+            tokio::select! {
+                chunk = chunk_rx.recv(), if admit && !planner_done => match chunk {
+                    Some(chunk) => spawn_chunk(&mut tasks, chunk?),
+                    None => planner_done = true,
+                },
+                Some(joined) = tasks.join_next() => {
+                    let (outcome, rest) = joined.map_err(|e| {
+                        crate::error::Error::Usage(format!("internal error in a chunk task: {e}"))
+                    })??;
+                    if let Some(rest) = rest {
+                        remainders.push_back(rest);
+                    }
+                    reorder.insert(outcome.range.start, outcome);
+                    while let Some(outcome) = next_start.and_then(|start| reorder.remove(&start)) {
+                        next_start = outcome.range.end.checked_add(1);
+                        if outcomes.send(outcome).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    planner.abort();
+    tasks.abort_all();
+    result
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::finding::Kind;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The whole database as sorted maps, answering batches with the same
+    /// semantics as the SQL (range, order, limit).
+    pub(crate) struct MemorySource {
+        pub blobs: BTreeMap<u64, u64>,
+        /// Each column's `id → number of referencing rows`.
+        pub columns: Vec<BTreeMap<u64, u64>>,
+        pub largest_batch: AtomicU64,
+    }
+
+    fn batch(map: &BTreeMap<u64, u64>, range: IdRange, limit: u64) -> Vec<(u64, u64)> {
+        map.range(range.start..=range.end)
+            .take(limit as usize)
+            .map(|(&k, &v)| (k, v))
+            .collect()
+    }
+
+    pub(crate) fn points(map: &BTreeMap<u64, u64>, ids: &[u64]) -> Vec<(u64, u64)> {
+        ids.iter()
+            .filter_map(|id| map.get(id).map(|&n| (*id, n)))
+            .collect()
+    }
+
+    impl Source for MemorySource {
+        async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
+            Ok(batch(&self.blobs, range, limit))
+        }
+        async fn reference_batch(
+            &self,
+            column: usize,
+            range: IdRange,
+            limit: u64,
+        ) -> Result<Vec<(u64, u64)>> {
+            let rows = batch(&self.columns[column], range, limit);
+            self.largest_batch
+                .fetch_max(rows.len() as u64, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            Ok(rows)
+        }
+        async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+            Ok(points(&self.blobs, ids))
+        }
+        async fn reference_counts(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+            Ok(points(&self.columns[column], ids))
+        }
+        fn column_count(&self) -> usize {
+            self.columns.len()
+        }
+    }
+
+    pub(crate) fn run(
+        source: MemorySource,
+        range: IdRange,
+        chunk_size: u64,
+        jobs: usize,
+    ) -> (Vec<Finding>, Vec<IdRange>, u64, Vec<u64>) {
+        run_with(source, range, ScanOptions::fixed(chunk_size, jobs))
+    }
+
+    pub(crate) fn run_with(
+        source: MemorySource,
+        range: IdRange,
+        options: ScanOptions,
+    ) -> (Vec<Finding>, Vec<IdRange>, u64, Vec<u64>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut findings = Vec::new();
+        let mut ranges = Vec::new();
+        let mut blobs = 0;
+        let mut references = vec![0; source.columns.len()];
+        for outcome in collect(&runtime, Arc::new(source), range, options) {
+            findings.extend(outcome.findings);
+            ranges.push(outcome.range);
+            blobs += outcome.blobs;
+            for (total, n) in references.iter_mut().zip(outcome.references) {
+                *total += n;
+            }
+        }
+        (findings, ranges, blobs, references)
+    }
+
+    /// Runs a scan to its end and returns its outcomes in order.
+    pub(crate) fn collect(
+        runtime: &tokio::runtime::Runtime,
+        source: Arc<MemorySource>,
+        range: IdRange,
+        options: ScanOptions,
+    ) -> Vec<ChunkOutcome> {
+        runtime.block_on(async {
+            let (tx, mut rx) = mpsc::channel(2);
+            let scanning = tokio::spawn(scan(source, range, options, tx));
+            let mut outcomes = Vec::new();
+            while let Some(outcome) = rx.recv().await {
+                outcomes.push(outcome);
+            }
+            scanning.await.unwrap().unwrap();
+            outcomes
+        })
+    }
+
+    fn id() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            3 => 0u64..200,
+            1 => Just(u64::MAX),
+            1 => u64::MAX - 5..=u64::MAX,
+            1 => (1u64 << 63) - 3..(1u64 << 63) + 3,
+            1 => any::<u64>(),
+        ]
+    }
+
+    fn model() -> impl Strategy<Value = (BTreeMap<u64, u64>, Vec<BTreeMap<u64, u64>>)> {
+        (
+            proptest::collection::btree_map(
+                id(),
+                prop_oneof![Just(0u64), Just(1), Just(2), 0u64..6],
+                0..60,
+            ),
+            proptest::collection::vec(proptest::collection::btree_map(id(), 1u64..5, 0..60), 0..5),
+        )
+    }
+
+    fn source(blobs: &BTreeMap<u64, u64>, columns: &[BTreeMap<u64, u64>]) -> MemorySource {
+        MemorySource {
+            blobs: blobs.clone(),
+            columns: columns.to_vec(),
+            largest_batch: AtomicU64::new(0),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn scan_equals_brute_force_at_any_chunk_size_and_jobs(
+            (blobs, columns) in model(),
+            chunk_size in prop_oneof![Just(1u64), Just(2), 1u64..10, 10u64..100],
+            jobs in 1usize..6,
+        ) {
+            let expected = crate::merge::tests::brute_force(&blobs, &columns);
+            let (findings, ranges, blob_rows, references) =
+                run(source(&blobs, &columns), IdRange::ALL, chunk_size, jobs);
+            prop_assert_eq!(&findings, &expected);
+            // The reported ranges tile the whole id space in order.
+            prop_assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            prop_assert_eq!(ranges.last().map(|r| r.end), Some(u64::MAX));
+            for pair in ranges.windows(2) {
+                prop_assert_eq!(pair[0].end.checked_add(1), Some(pair[1].start));
+            }
+            prop_assert_eq!(blob_rows, blobs.len() as u64);
+            let expected_refs: Vec<u64> = columns.iter().map(|c| c.values().sum()).collect();
+            prop_assert_eq!(references, expected_refs);
+        }
+
+        #[test]
+        fn adaptive_chunk_sizes_change_nothing(
+            (blobs, columns) in model(),
+            max_chunk_size in 1u64..12,
+            jobs in 1usize..4,
+        ) {
+            let expected = crate::merge::tests::brute_force(&blobs, &columns);
+            // A target far below a chunk's real time makes every chunk
+            // shrink toward the minimum, so sizes change from chunk to chunk.
+            let options = ScanOptions {
+                chunk_size: max_chunk_size,
+                jobs,
+                chunk_time: Some(Duration::from_nanos(1)),
+                min_chunk_size: 1,
+                max_chunk_size,
+                hot_threshold: u64::MAX,
+            };
+            let (findings, _, _, _) = run_with(source(&blobs, &columns), IdRange::ALL, options);
+            prop_assert_eq!(findings, expected);
+        }
+
+        #[test]
+        fn sub_ranges_find_exactly_their_share(
+            (blobs, columns) in model(),
+            start in id(),
+            len in prop_oneof![0u64..50, any::<u64>()],
+            chunk_size in 1u64..8,
+        ) {
+            let range = IdRange::new(start, start.saturating_add(len));
+            let expected: Vec<Finding> = crate::merge::tests::brute_force(&blobs, &columns)
+                .into_iter()
+                .filter(|f| range.contains(f.blob_id))
+                .collect();
+            let (findings, ranges, _, _) = run(source(&blobs, &columns), range, chunk_size, 3);
+            prop_assert_eq!(findings, expected);
+            prop_assert_eq!(ranges.first().map(|r| r.start), Some(range.start));
+            prop_assert_eq!(ranges.last().map(|r| r.end), Some(range.end));
+        }
+    }
+
+    #[test]
+    fn dense_references_past_the_last_blob_stay_within_the_chunk_size() {
+        // One blob, then 100,000 distinct ids referenced above it.
+        let blobs = BTreeMap::from([(10u64, 1u64)]);
+        let column: BTreeMap<u64, u64> = (11u64..100_011).map(|id| (id, 1)).collect();
+        let single = BTreeMap::from([(10u64, 1_000_000u64)]);
+        let (findings, _, _, _) = {
+            let source = source(&blobs, &[column, single]);
+            run(source, IdRange::ALL, 1000, 4)
+        };
+        assert_eq!(findings.len(), 100_001);
+        assert_eq!(findings[0].kind, Kind::CountMismatch);
+        assert_eq!(findings[0].actual, 1_000_000);
+        assert!(findings[1..].iter().all(|f| f.kind == Kind::MissingBlob));
+
+        let source = source(&blobs, &[(11u64..100_011).map(|id| (id, 1)).collect()]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let source = Arc::new(source);
+        let largest_outcome = collect(
+            &runtime,
+            Arc::clone(&source),
+            IdRange::ALL,
+            ScanOptions::fixed(1000, 4),
+        )
+        .iter()
+        .map(|o| o.findings.len())
+        .max()
+        .unwrap();
+        assert!(source.largest_batch.load(Ordering::Relaxed) <= 1000);
+        assert!(
+            largest_outcome <= 1001,
+            "an outcome held {largest_outcome} findings"
+        );
+    }
+
+    #[test]
+    fn empty_tables_scan_the_whole_range_once() {
+        let (findings, ranges, blobs, _) = run(
+            source(&BTreeMap::new(), &[BTreeMap::new()]),
+            IdRange::ALL,
+            5,
+            2,
+        );
+        assert!(findings.is_empty());
+        assert_eq!(ranges, vec![IdRange::ALL]);
+        assert_eq!(blobs, 0);
+    }
+}

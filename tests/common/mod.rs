@@ -1,0 +1,183 @@
+//! Shared by the integration tests: one pair of real MariaDB servers per test
+//! binary (global and shard, as in production), loaded with the fixtures, and
+//! helpers to run a check and read its findings.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use blobcheck::check::{self, CheckOptions, Scope};
+use blobcheck::config::Config;
+use blobcheck::demo::FixtureServers;
+use blobcheck::plan::IdRange;
+use blobcheck::report::{Format, Reporter, Summary};
+use blobcheck::scan::ScanOptions;
+
+/// The fixture servers of this test binary, started on first use. They are
+/// never dropped: the sandbox kills them when the test process exits.
+pub fn servers() -> &'static FixtureServers {
+    static SERVERS: OnceLock<FixtureServers> = OnceLock::new();
+    SERVERS.get_or_init(|| FixtureServers::start().expect("start the fixture servers"))
+}
+
+/// A `Write` whose bytes can be read after the reporter that owned it is gone.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// A finding as the JSON output gives it, reduced to what must be exact.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Exact {
+    pub kind: String,
+    pub blob_id: u64,
+    pub stored: Option<u64>,
+    pub actual: u64,
+    /// (column label, count), sorted, nonzero only.
+    pub references: Vec<(String, u64)>,
+}
+
+pub fn parse_jsonl(text: &str) -> Vec<Exact> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let mut references: Vec<(String, u64)> = v["references"]
+                .as_object()
+                .expect("references object")
+                .iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().expect("exact count")))
+                .collect();
+            references.sort();
+            Exact {
+                kind: v["kind"].as_str().unwrap().to_owned(),
+                blob_id: v["blob_id"].as_u64().expect("blob_id is an exact u64"),
+                stored: v["stored"].as_u64(),
+                actual: v["actual"].as_u64().unwrap(),
+                references,
+            }
+        })
+        .collect()
+}
+
+pub fn expected_fixture_findings() -> Vec<Exact> {
+    let mut expected = parse_jsonl(blobcheck::demo::EXPECTED_FINDINGS);
+    expected.sort();
+    expected
+}
+
+/// Runs a whole check in process with JSON output; returns the findings
+/// (sorted) and the summary.
+pub async fn check_json(
+    config: &Config,
+    range: IdRange,
+    chunk_size: u64,
+    jobs: usize,
+) -> (Vec<Exact>, Summary) {
+    check_scope(config, Scope::Range(range), chunk_size, jobs).await
+}
+
+/// `check_json` for any scope.
+pub async fn check_scope(
+    config: &Config,
+    scope: Scope,
+    chunk_size: u64,
+    jobs: usize,
+) -> (Vec<Exact>, Summary) {
+    let options = CheckOptions {
+        scope,
+        ..CheckOptions::new(ScanOptions::fixed(chunk_size, jobs))
+    };
+    let (text, summary) = check_jsonl(config, &options).await;
+    let in_order: Vec<u64> = parse_jsonl(&text).iter().map(|f| f.blob_id).collect();
+    assert!(
+        in_order.windows(2).all(|w| w[0] < w[1]),
+        "findings come in ascending id order, once each"
+    );
+    let mut findings = parse_jsonl(&text);
+    findings.sort();
+    (findings, summary)
+}
+
+/// Runs a whole check in process with any options; returns the JSON lines
+/// as written and the summary.
+pub async fn check_jsonl(config: &Config, options: &CheckOptions) -> (String, Summary) {
+    let out = Captured::default();
+    let labels = config.references.iter().map(|r| r.label.clone()).collect();
+    let reporter = Reporter::new(Format::Json, Box::new(out.clone()), labels);
+    let summary = check::run(config, options, reporter)
+        .await
+        .expect("the check runs");
+    (out.text(), summary)
+}
+
+/// The example configuration pointed at this binary's fixture servers.
+pub async fn fixture_config() -> Config {
+    tokio::task::spawn_blocking(|| servers().config())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Runs the blobcheck binary; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_blobcheck"));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().expect("run blobcheck");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Writes `text` to a file in a fresh temporary directory.
+pub fn write_temp(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Writes the example configuration, pointed at `servers` with the
+/// SELECT-only account (password in the URL), to `dir/proton.toml`.
+pub fn write_fixture_config(servers: &FixtureServers, dir: &Path) -> std::path::PathBuf {
+    let user = blobcheck::demo::CHECKER_USER;
+    let password = blobcheck::demo::CHECKER_PASSWORD;
+    let text = blobcheck::demo::EXAMPLE_CONFIG
+        .replace(
+            "url = \"mysql://blobcheck@127.0.0.1:3306\"",
+            &format!("url = \"{}\"", servers.global.url_for(user, password)),
+        )
+        .replace(
+            "url = \"mysql://blobcheck@127.0.0.1:3307\"",
+            &format!("url = \"{}\"", servers.shard.url_for(user, password)),
+        )
+        .replace("password_env = \"BLOBCHECK_GLOBAL_PASSWORD\"\n", "")
+        .replace("password_env = \"BLOBCHECK_SHARD_PASSWORD\"\n", "");
+    write_temp(dir, "proton.toml", &text)
+}
+
+/// Sorted findings of a JSON-lines file.
+pub fn read_findings(path: &Path) -> Vec<Exact> {
+    let mut findings = parse_jsonl(&std::fs::read_to_string(path).unwrap_or_default());
+    findings.sort();
+    findings
+}

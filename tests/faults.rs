@@ -1,0 +1,142 @@
+//! Faults during a run: a server restarted mid-run, and the process killed
+//! mid-run and resumed from its checkpoint. Each test has servers of its own,
+//! since it restarts or loads them.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blobcheck::demo::FixtureServers;
+use common::{expected_fixture_findings, read_findings, write_fixture_config};
+
+fn blobcheck() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_blobcheck"))
+}
+
+/// Arguments that make a fixture check take several seconds: a small rate
+/// cap, small chunks, and confirmation of every candidate.
+const SLOW: [&str; 12] = [
+    "--max-rows-per-second",
+    "500",
+    "--chunk-size",
+    "200",
+    "--chunk-time",
+    "0",
+    "--settle-delay",
+    "0.5",
+    "--confirmations",
+    "1",
+    "--progress",
+    "none",
+];
+
+#[test]
+fn a_server_restarted_mid_run_is_retried_and_the_findings_stay_exact() {
+    let mut servers = FixtureServers::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fixture_config(&servers, dir.path());
+    let output = dir.path().join("findings.jsonl");
+    let mut child = blobcheck()
+        .args([
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .args(["--output", output.to_str().unwrap()])
+        .args(SLOW)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the check must still be running"
+    );
+    servers.shard.stop_server().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    servers.shard.start_server().unwrap();
+    let result = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("retrying"),
+        "the restart was noticed: {stderr}"
+    );
+    assert_eq!(read_findings(&output), expected_fixture_findings());
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint_with_the_same_findings() {
+    let servers = FixtureServers::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fixture_config(&servers, dir.path());
+    let checkpoint = dir.path().join("run.checkpoint");
+    let output = dir.path().join("findings.jsonl");
+    let run = |resume: bool| {
+        let mut command = blobcheck();
+        command
+            .args([
+                "check",
+                "--config",
+                config.to_str().unwrap(),
+                "--format",
+                "json",
+            ])
+            .args(["--output", output.to_str().unwrap()])
+            .args(["--checkpoint", checkpoint.to_str().unwrap()])
+            .args(SLOW)
+            .stderr(Stdio::piped());
+        if resume {
+            command.arg("--resume");
+        }
+        command
+    };
+
+    // Kill the first run once its checkpoint shows progress but before it
+    // ends.
+    let mut child = run(false).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the run ended before it could be killed: {:?} {}; checkpoint {:?}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr),
+                std::fs::read_to_string(&checkpoint)
+                    .map(|t| t.chars().take(300).collect::<String>())
+            );
+        }
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        if let Ok(text) = std::fs::read_to_string(&checkpoint) {
+            let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let next = saved["next_start"].as_u64();
+            if next.is_some_and(|n| n > 2000) && !saved["findings"].as_array().unwrap().is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = read_findings(&output);
+    assert!(
+        !partial.is_empty() && partial.len() < expected_fixture_findings().len(),
+        "killed mid-run: {} findings written",
+        partial.len()
+    );
+
+    let resumed = run(true).output().unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert_eq!(read_findings(&output), expected_fixture_findings());
+
+    // Resuming a finished run reports the same again without scanning.
+    let again = run(true).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(read_findings(&output), expected_fixture_findings());
+}
