@@ -8,8 +8,11 @@
 //! then once per settle delay, with the stored count read before and after
 //! the references are recounted (a read during which the count moved is not
 //! trusted). A candidate is reported only when its last `confirmations + 1`
-//! reads, spanning at least `confirmations` settle delays, agree on the same
-//! nonzero difference.
+//! reads, spanning at least `confirmations` settle delays, saw the same
+//! stored count and the same number of references, with a nonzero
+//! difference. Agreeing on the difference alone is not enough: a blob that
+//! changes often can be caught by each read in a different change in flight
+//! (`5 − 4`, then `6 − 5`), which looks like a steady difference of 1.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,9 +57,30 @@ impl ConfirmOptions {
     }
 }
 
-/// What one read saw of a candidate: whether the blob row existed and
-/// `stored − actual`. `None`: the stored count changed during the read.
-pub type Reading = Option<(bool, i128)>;
+/// What one stable read saw of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// `None`: no blob row.
+    pub stored: Option<u64>,
+    pub actual: u64,
+}
+
+impl Seen {
+    fn of(finding: &Finding) -> Seen {
+        Seen {
+            stored: finding.stored,
+            actual: finding.actual,
+        }
+    }
+
+    pub fn difference(&self) -> i128 {
+        i128::from(self.stored.unwrap_or(0)) - i128::from(self.actual)
+    }
+}
+
+/// What one read saw of a candidate. `None`: the stored count changed during
+/// the read.
+pub type Reading = Option<Seen>;
 
 /// A candidate and what every read so far saw of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +97,7 @@ pub struct Candidate {
 
 impl Candidate {
     pub fn new(finding: Finding, hot_threshold: u64) -> Candidate {
-        let reading = Some((finding.stored.is_some(), finding.difference()));
+        let reading = Some(Seen::of(&finding));
         let hot = finding.stored.unwrap_or(0).max(finding.actual) >= hot_threshold;
         Candidate {
             seen: vec![finding.clone()],
@@ -88,25 +112,22 @@ impl Candidate {
     }
 
     /// The latest stable read that saw `value`.
-    fn latest_with(&self, value: (bool, i128)) -> Option<&Finding> {
-        self.seen
-            .iter()
-            .rev()
-            .find(|f| (f.stored.is_some(), f.difference()) == value)
+    fn latest_with(&self, value: Seen) -> Option<&Finding> {
+        self.seen.iter().rev().find(|f| Seen::of(f) == value)
     }
 
     /// Watched because it is busy, not because the scan saw it wrong.
     pub fn watched(&self) -> bool {
-        matches!(self.readings.first(), Some(Some((_, 0))))
+        matches!(self.readings.first(), Some(Some(seen)) if seen.difference() == 0)
     }
 }
 
 /// Where a candidate stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Its difference persisted: a real inconsistency, as this reading
-    /// (row exists, `stored − actual`) shows it.
-    Confirmed((bool, i128)),
+    /// It held still with a nonzero difference: a real inconsistency, as
+    /// this reading shows it.
+    Confirmed(Seen),
     /// It is consistent: a change that was in flight (or, for a watched busy
     /// blob, nothing wrong).
     Transient,
@@ -125,8 +146,9 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// The rule, on the readings alone (the first is the scan's).
 ///
 /// An ordinary candidate is confirmed when its last `confirmations + 1`
-/// readings are stable and show the same nonzero difference, and is
-/// transient once its last `confirmations` readings are stable and 0.
+/// readings are stable, identical (stored count and references) and show a
+/// nonzero difference, and is transient once its last `confirmations`
+/// readings are stable and show a difference of 0.
 ///
 /// A busy blob (see `ConfirmOptions::hot_threshold`) gets no benefit of the
 /// doubt: changes in flight can bias its readings either way, so it is
@@ -139,8 +161,8 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// Anything else ends unsettled after `max_reads`.
 pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     let run = confirmations as usize + 1;
-    let decided = |value: (bool, i128)| {
-        if value.1 != 0 {
+    let decided = |value: Seen| {
+        if value.difference() != 0 {
             Verdict::Confirmed(value)
         } else {
             Verdict::Transient
@@ -158,10 +180,7 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
         if readings.len() < max_reads(confirmations, hot) {
             return Verdict::Pending;
         }
-        let zeros = readings
-            .iter()
-            .filter(|r| matches!(r, Some((_, 0))))
-            .count();
+        let zeros = readings.iter().filter(|r| is_zero(r)).count();
         return if 2 * zeros > readings.len() {
             Verdict::Transient
         } else {
@@ -171,7 +190,7 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     if readings.len() >= run {
         let last = &readings[readings.len() - run..];
         if let Some(Some(value)) = last.first()
-            && value.1 != 0
+            && value.difference() != 0
             && last.iter().all(|r| *r == last[0])
         {
             return decided(*value);
@@ -179,9 +198,7 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     }
     let settled = confirmations.max(1) as usize;
     if readings.len() > settled
-        && readings[readings.len() - settled..]
-            .iter()
-            .all(|r| matches!(r, Some((_, 0))))
+        && readings[readings.len() - settled..].iter().all(is_zero)
     {
         return Verdict::Transient;
     }
@@ -190,6 +207,10 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     } else {
         Verdict::Pending
     }
+}
+
+fn is_zero(reading: &Reading) -> bool {
+    matches!(reading, Some(seen) if seen.difference() == 0)
 }
 
 /// One point read of `ids` (sorted, distinct): stored counts, reference
@@ -267,7 +288,7 @@ pub async fn confirm_wave<S: Source>(
         let mut reads = reads.into_iter();
         candidates.retain_mut(|candidate| {
             let (finding, stable) = reads.next().expect("one read per candidate");
-            let reading = stable.then(|| (finding.stored.is_some(), finding.difference()));
+            let reading = stable.then(|| Seen::of(&finding));
             candidate.readings.push(reading);
             if stable {
                 candidate.seen.push(finding);
@@ -310,13 +331,18 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::AtomicU64;
 
+    /// A stable reading of a blob with 10 references and a difference `d`.
     fn r(d: i128) -> Reading {
-        Some((true, d))
+        Some(seen(Some((10 + d) as u64), 10))
+    }
+
+    fn seen(stored: Option<u64>, actual: u64) -> Seen {
+        Seen { stored, actual }
     }
 
     #[test]
     fn verdict_rules() {
-        let confirmed = |d: i128| Verdict::Confirmed((true, d));
+        let confirmed = |d: i128| Verdict::Confirmed(seen(Some((10 + d) as u64), 10));
         // Two confirmations: three equal nonzero readings.
         assert_eq!(verdict(&[r(-1)], 2, false), Verdict::Pending);
         assert_eq!(verdict(&[r(-1), r(-1)], 2, false), Verdict::Pending);
@@ -337,8 +363,30 @@ mod tests {
         assert_eq!(verdict(&[r(1), r(2), r(1)], 2, false), Verdict::Pending);
         // The row appearing with the same difference is not either.
         assert_eq!(
-            verdict(&[Some((false, -1)), r(-1), r(-1)], 2, false),
+            verdict(&[Some(seen(None, 11)), r(-1), r(-1)], 2, false),
             Verdict::Pending
+        );
+        // Nor is the same difference over different counts: each read may
+        // have caught another change in flight (on replicas that lag
+        // independently, a reference added is in flight for a second or
+        // more, and a blob that gets one every few seconds is caught so).
+        let drifting = [
+            Some(seen(Some(5), 4)),
+            Some(seen(Some(6), 5)),
+            Some(seen(Some(5), 4)),
+        ];
+        assert_eq!(verdict(&drifting, 2, false), Verdict::Pending);
+        let steady = [
+            Some(seen(Some(5), 4)),
+            Some(seen(Some(6), 5)),
+            Some(seen(Some(5), 4)),
+            Some(seen(Some(5), 4)),
+            Some(seen(Some(5), 4)),
+        ];
+        assert_eq!(verdict(&steady[..4], 2, false), Verdict::Pending);
+        assert_eq!(
+            verdict(&steady, 2, false),
+            Verdict::Confirmed(seen(Some(5), 4))
         );
         // A read during which the count moved breaks a run.
         assert_eq!(verdict(&[r(1), None, r(1)], 2, false), Verdict::Pending);
@@ -355,7 +403,7 @@ mod tests {
 
     #[test]
     fn busy_blobs_are_confirmed_only_when_quiet() {
-        let confirmed = |d: i128| Verdict::Confirmed((true, d));
+        let confirmed = |d: i128| Verdict::Confirmed(seen(Some((10 + d) as u64), 10));
         // The scan's reading does not count: it may have been caught mid-way.
         assert_eq!(
             verdict(&[r(0), r(1), r(1), r(1), r(1), r(1)], 2, true),
