@@ -197,9 +197,7 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
         }
     }
     let settled = confirmations.max(1) as usize;
-    if readings.len() > settled
-        && readings[readings.len() - settled..].iter().all(is_zero)
-    {
+    if readings.len() > settled && readings[readings.len() - settled..].iter().all(is_zero) {
         return Verdict::Transient;
     }
     if readings.len() >= max_reads(confirmations, hot) {
