@@ -158,6 +158,15 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// is unsettled: not reported, but listed, so that it is checked again
 /// rather than trusted.
 ///
+/// A blob the application keeps changing may never read the same twice in a
+/// row, yet a fault on it keeps its difference. So an ordinary candidate
+/// whose every allowed read (the scan's included) was stable and showed one
+/// and the same nonzero difference is confirmed as its last read saw it. A
+/// blob without a fault shows that only if every one of those reads caught a
+/// different change in flight in the same direction; each read catches one
+/// with a probability of about (changes per second) × (seconds in flight), a
+/// few percent at most, and this needs `2 × (confirmations + 1)` in a row.
+///
 /// Anything else ends unsettled after `max_reads`.
 pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     let run = confirmations as usize + 1;
@@ -200,10 +209,19 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     if readings.len() > settled && readings[readings.len() - settled..].iter().all(is_zero) {
         return Verdict::Transient;
     }
-    if readings.len() >= max_reads(confirmations, hot) {
-        Verdict::Unsettled
-    } else {
-        Verdict::Pending
+    if readings.len() < max_reads(confirmations, hot) {
+        return Verdict::Pending;
+    }
+    match readings.first() {
+        Some(Some(first))
+            if first.difference() != 0
+                && readings.iter().all(
+                    |r| matches!(r, Some(seen) if seen.difference() == first.difference()),
+                ) =>
+        {
+            Verdict::Confirmed(readings[readings.len() - 1].expect("all stable"))
+        }
+        _ => Verdict::Unsettled,
     }
 }
 
@@ -382,6 +400,21 @@ mod tests {
             Some(seen(Some(5), 4)),
         ];
         assert_eq!(verdict(&steady[..4], 2, false), Verdict::Pending);
+        // Drifting counts, the same difference on every read allowed: a
+        // fault on a blob the application keeps changing.
+        let churned: Vec<Reading> = (0..6).map(|i| Some(seen(Some(5 + i), 4 + i))).collect();
+        assert_eq!(verdict(&churned[..5], 2, false), Verdict::Pending);
+        assert_eq!(
+            verdict(&churned, 2, false),
+            Verdict::Confirmed(seen(Some(10), 9))
+        );
+        let mut broken = churned.clone();
+        broken[3] = None;
+        assert_eq!(verdict(&broken, 2, false), Verdict::Unsettled);
+        broken[3] = Some(seen(Some(8), 8));
+        assert_eq!(verdict(&broken, 2, false), Verdict::Unsettled);
+        broken[3] = Some(seen(Some(9), 7));
+        assert_eq!(verdict(&broken, 2, false), Verdict::Unsettled);
         assert_eq!(
             verdict(&steady, 2, false),
             Verdict::Confirmed(seen(Some(5), 4))
