@@ -137,7 +137,9 @@ pub enum Verdict {
     Pending,
 }
 
-/// Reads a candidate may take before it is given up as unsettled.
+/// Reads a candidate may take before it is given up as unsettled. An
+/// ordinary candidate whose reads keep showing one nonzero difference while
+/// its counts drift may take twice as many (see `verdict`).
 pub fn max_reads(confirmations: u32, hot: bool) -> usize {
     let run = confirmations as usize + 1;
     if hot { 4 * run } else { 2 * run }
@@ -148,7 +150,7 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// An ordinary candidate is confirmed when its last `confirmations + 1`
 /// readings are stable, identical (stored count and references) and show a
 /// nonzero difference, and is transient once its last `confirmations`
-/// readings are stable and show a difference of 0.
+/// readings are stable, identical and show a difference of 0.
 ///
 /// A busy blob (see `ConfirmOptions::hot_threshold`) gets no benefit of the
 /// doubt: changes in flight can bias its readings either way, so it is
@@ -160,12 +162,14 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 ///
 /// A blob the application keeps changing may never read the same twice in a
 /// row, yet a fault on it keeps its difference. So an ordinary candidate
-/// whose every allowed read (the scan's included) was stable and showed one
-/// and the same nonzero difference is confirmed as its last read saw it. A
-/// blob without a fault shows that only if every one of those reads caught a
-/// different change in flight in the same direction; each read catches one
-/// with a probability of about (changes per second) × (seconds in flight), a
-/// few percent at most, and this needs `2 × (confirmations + 1)` in a row.
+/// whose reads (the scan's included) are all stable and show one and the
+/// same nonzero difference is read on, up to `2 × max_reads`, and confirmed
+/// as its last read saw it if that holds to the end. A blob without a fault
+/// shows that only if every one of those reads caught a different change in
+/// flight, all in the same direction: each read catches one with a
+/// probability of about (changes per second) × (seconds in flight), and this
+/// needs `4 × (confirmations + 1)` in a row (with two confirmations,
+/// 2 × 0.5¹¹ ≈ 0.1% even for a blob that is in flight all the time).
 ///
 /// Anything else ends unsettled after `max_reads`.
 pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
@@ -205,23 +209,32 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
             return decided(*value);
         }
     }
+    // Consistent, too, is a promise: a fault on a blob that keeps changing
+    // reads 0 now and then (a change in flight offsets it), but hardly ever
+    // as the very same counts twice in a row.
     let settled = confirmations.max(1) as usize;
-    if readings.len() > settled && readings[readings.len() - settled..].iter().all(is_zero) {
-        return Verdict::Transient;
-    }
-    if readings.len() < max_reads(confirmations, hot) {
-        return Verdict::Pending;
-    }
-    match readings.first() {
-        Some(Some(first))
-            if first.difference() != 0
-                && readings.iter().all(
-                    |r| matches!(r, Some(seen) if seen.difference() == first.difference()),
-                ) =>
-        {
-            Verdict::Confirmed(readings[readings.len() - 1].expect("all stable"))
+    if readings.len() > settled {
+        let last = &readings[readings.len() - settled..];
+        if last.iter().all(is_zero) && last.iter().all(|r| *r == last[0]) {
+            return Verdict::Transient;
         }
-        _ => Verdict::Unsettled,
+    }
+    let drifting = match readings.first() {
+        Some(Some(first)) => {
+            first.difference() != 0
+                && readings
+                    .iter()
+                    .all(|r| matches!(r, Some(seen) if seen.difference() == first.difference()))
+        }
+        _ => false,
+    };
+    let allowed = max_reads(confirmations, hot) * if drifting { 2 } else { 1 };
+    if readings.len() < allowed {
+        Verdict::Pending
+    } else if drifting {
+        Verdict::Confirmed(readings[readings.len() - 1].expect("all stable"))
+    } else {
+        Verdict::Unsettled
     }
 }
 
@@ -402,11 +415,12 @@ mod tests {
         assert_eq!(verdict(&steady[..4], 2, false), Verdict::Pending);
         // Drifting counts, the same difference on every read allowed: a
         // fault on a blob the application keeps changing.
-        let churned: Vec<Reading> = (0..6).map(|i| Some(seen(Some(5 + i), 4 + i))).collect();
-        assert_eq!(verdict(&churned[..5], 2, false), Verdict::Pending);
+        let churned: Vec<Reading> = (0..12).map(|i| Some(seen(Some(5 + i), 4 + i))).collect();
+        assert_eq!(verdict(&churned[..6], 2, false), Verdict::Pending);
+        assert_eq!(verdict(&churned[..11], 2, false), Verdict::Pending);
         assert_eq!(
             verdict(&churned, 2, false),
-            Verdict::Confirmed(seen(Some(10), 9))
+            Verdict::Confirmed(seen(Some(16), 15))
         );
         let mut broken = churned.clone();
         broken[3] = None;
@@ -415,6 +429,11 @@ mod tests {
         assert_eq!(verdict(&broken, 2, false), Verdict::Unsettled);
         broken[3] = Some(seen(Some(9), 7));
         assert_eq!(verdict(&broken, 2, false), Verdict::Unsettled);
+        // Broken after the usual number of reads: given up at once.
+        let mut late = churned[..8].to_vec();
+        assert_eq!(verdict(&late, 2, false), Verdict::Pending);
+        late[7] = Some(seen(Some(12), 12));
+        assert_eq!(verdict(&late, 2, false), Verdict::Unsettled);
         assert_eq!(
             verdict(&steady, 2, false),
             Verdict::Confirmed(seen(Some(5), 4))
@@ -426,6 +445,24 @@ mod tests {
         assert_eq!(
             verdict(&[r(1), r(0), r(1), None, r(1), r(2)], 2, false),
             Verdict::Unsettled
+        );
+        // Zeros over drifting counts: a fault offset by changes in flight,
+        // or no fault; undecided either way.
+        assert_eq!(
+            verdict(
+                &[r(1), Some(seen(Some(7), 7)), Some(seen(Some(8), 8))],
+                2,
+                false
+            ),
+            Verdict::Pending
+        );
+        assert_eq!(
+            verdict(
+                &[r(1), Some(seen(Some(7), 7)), Some(seen(Some(7), 7))],
+                2,
+                false
+            ),
+            Verdict::Transient
         );
         // One confirmation: two equal readings; one zero is transient.
         assert_eq!(verdict(&[r(3), r(3)], 1, false), confirmed(3));

@@ -75,7 +75,8 @@ fn confirmed(settle_delay: Duration) -> CheckOptions {
             settle_delay,
             confirmations: 2,
             batch_size: 500,
-            hot_threshold: 100,
+            // HOT_THRESHOLD: judge the hot blobs by the ordinary rule.
+            hot_threshold: env_or("HOT_THRESHOLD", 100),
         },
         ..single_pass()
     }
