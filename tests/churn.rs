@@ -3,7 +3,8 @@
 //! pause between them): every injected persistent fault is reported, and
 //! nothing else, because candidates are confirmed before they are reported.
 //! A single-pass check during the same traffic shows the false candidates
-//! that confirmation removes.
+//! that confirmation removes. A run killed mid-way during the traffic and
+//! resumed from its checkpoint ends with the same exact findings.
 
 mod churn_support;
 mod common;
@@ -284,4 +285,109 @@ async fn fault_on_a_hot_blob_under_constant_churn_is_found() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A run killed (SIGKILL) mid-way while the writers churn, then resumed from
+/// its checkpoint, still during churn: the findings it ends with are exactly
+/// the injected faults, as an uninterrupted run's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_during_churn_resumes_with_exactly_the_injected_faults() {
+    use std::process::{Command, Stdio};
+
+    let t0 = Instant::now();
+    let data = Arc::new(Dataset::generate("killchurn", 5, 20_000, 60, 2_000, false));
+    let (global, shard, _) = servers_with("killchurn", &data).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_temp(
+        dir.path(),
+        "churn.toml",
+        &data.config_text(
+            &global.url_for(CHECKER_USER, CHECKER_PASSWORD),
+            &shard.url_for(CHECKER_USER, CHECKER_PASSWORD),
+        ),
+    );
+    let checkpoint = dir.path().join("run.checkpoint");
+    let output = dir.path().join("findings.jsonl");
+    let (config_path, checkpoint_path, output_path) =
+        (config.clone(), checkpoint.clone(), output.clone());
+    let run = move |resume: bool| {
+        let (config, checkpoint, output) = (&config_path, &checkpoint_path, &output_path);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blobcheck"));
+        command
+            .args(["--quiet", "check", "--config", config.to_str().unwrap()])
+            .args(["--format", "json", "--output", output.to_str().unwrap()])
+            .args(["--checkpoint", checkpoint.to_str().unwrap()])
+            .args(["--chunk-size", "100", "--chunk-time", "0", "--jobs", "2"])
+            .args(["--max-rows-per-second", "4000", "--settle-delay", "0.7"])
+            .args(["--progress", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if resume {
+            command.arg("--resume");
+        }
+        command
+    };
+
+    let writers = Writers::start(
+        Arc::new(data.app()),
+        &global.root_url(),
+        &shard.root_url(),
+        WriterOptions::default(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Killed once the checkpoint holds confirmed findings and the scan is
+    // well under way, but not done.
+    let mut child = run(false).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the run ended before it could be killed: {status:?}; checkpoint {:?}",
+                std::fs::read_to_string(&checkpoint)
+                    .map(|t| t.chars().take(400).collect::<String>())
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint with findings appeared"
+        );
+        if let Ok(text) = std::fs::read_to_string(&checkpoint)
+            && let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text)
+            && saved["next_start"].as_u64().is_some_and(|n| n > 5_000)
+            && saved["findings"].as_array().is_some_and(|f| !f.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = common::read_findings(&output);
+    println!(
+        "killed after {:.1} s with {} findings written",
+        t0.elapsed().as_secs_f64(),
+        partial.len()
+    );
+
+    let resumed = blocking(move || run(true).output().unwrap()).await;
+    let stderr = String::from_utf8_lossy(&resumed.stderr).into_owned();
+    println!("writers: {}", writers.stop().await);
+    let result = Comparison::new(&common::read_findings(&output), &data.expected);
+    println!("resumed run: {}", result.describe());
+    blocking(move || drop((global, shard))).await;
+
+    assert_eq!(resumed.status.code(), Some(1), "{stderr}");
+    assert!(
+        partial.len() < data.expected.len(),
+        "killed mid-run: {} findings were already written",
+        partial.len()
+    );
+    assert!(
+        result.is_exact(),
+        "killed, resumed, during churn: {}",
+        result.describe()
+    );
+    println!("total {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -434,7 +434,13 @@ impl Dataset {
     /// The configuration the check runs with: the blob table and the
     /// SentMessage column on `global_url`, three columns on `shard_url`.
     pub fn config(&self, global_url: &str, shard_url: &str) -> Config {
-        let text = format!(
+        let text = self.config_text(global_url, shard_url);
+        Config::parse(&text, std::path::Path::new("churn.toml")).unwrap()
+    }
+
+    /// `config` as TOML, for the command line.
+    pub fn config_text(&self, global_url: &str, shard_url: &str) -> String {
+        format!(
             r#"
 [servers.global]
 url = "{global_url}"
@@ -468,8 +474,7 @@ name = "attachment"
 "#,
             g = self.global_db,
             s = self.shard_db,
-        );
-        Config::parse(&text, std::path::Path::new("churn.toml")).unwrap()
+        )
     }
 
     /// The application's state, for the writers.
