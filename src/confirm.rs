@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::try_join_all;
 
 use crate::error::Result;
-use crate::finding::{Finding, classify};
+use crate::finding::{Finding, classify, difference};
 use crate::scan::Source;
 
 /// How candidates are confirmed.
@@ -74,7 +74,7 @@ impl Seen {
     }
 
     pub fn difference(&self) -> i128 {
-        i128::from(self.stored.unwrap_or(0)) - i128::from(self.actual)
+        difference(self.stored, self.actual)
     }
 }
 
@@ -118,7 +118,9 @@ impl Candidate {
 
     /// Watched because it is busy, not because the scan saw it wrong.
     pub fn watched(&self) -> bool {
-        matches!(self.readings.first(), Some(Some(seen)) if seen.difference() == 0)
+        self.readings
+            .first()
+            .is_some_and(|r| difference_of(r) == Some(0))
     }
 }
 
@@ -193,7 +195,10 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
         if readings.len() < max_reads(confirmations, hot) {
             return Verdict::Pending;
         }
-        let zeros = readings.iter().filter(|r| is_zero(r)).count();
+        let zeros = readings
+            .iter()
+            .filter(|r| difference_of(r) == Some(0))
+            .count();
         return if 2 * zeros > readings.len() {
             Verdict::Transient
         } else {
@@ -215,19 +220,13 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     let settled = confirmations.max(1) as usize;
     if readings.len() > settled {
         let last = &readings[readings.len() - settled..];
-        if last.iter().all(is_zero) && last.iter().all(|r| *r == last[0]) {
+        if difference_of(&last[0]) == Some(0) && last.iter().all(|r| *r == last[0]) {
             return Verdict::Transient;
         }
     }
-    let drifting = match readings.first() {
-        Some(Some(first)) => {
-            first.difference() != 0
-                && readings
-                    .iter()
-                    .all(|r| matches!(r, Some(seen) if seen.difference() == first.difference()))
-        }
-        _ => false,
-    };
+    let first = readings.first().and_then(difference_of);
+    let drifting =
+        first.is_some_and(|d| d != 0) && readings.iter().all(|r| difference_of(r) == first);
     let allowed = max_reads(confirmations, hot) * if drifting { 2 } else { 1 };
     if readings.len() < allowed {
         Verdict::Pending
@@ -238,8 +237,9 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     }
 }
 
-fn is_zero(reading: &Reading) -> bool {
-    matches!(reading, Some(seen) if seen.difference() == 0)
+/// A stable reading's difference; `None` for a read the count moved under.
+fn difference_of(reading: &Reading) -> Option<i128> {
+    reading.map(|seen| seen.difference())
 }
 
 /// One point read of `ids` (sorted, distinct): stored counts, reference

@@ -91,8 +91,13 @@ impl Finding {
     /// `stored − actual` as a signed number, the quantity confirmation reads
     /// compare (a missing row counts as stored 0).
     pub fn difference(&self) -> i128 {
-        i128::from(self.stored.unwrap_or(0)) - i128::from(self.actual)
+        difference(self.stored, self.actual)
     }
+}
+
+/// `stored − actual`, a missing row counting as stored 0.
+pub fn difference(stored: Option<u64>, actual: u64) -> i128 {
+    i128::from(stored.unwrap_or(0)) - i128::from(actual)
 }
 
 /// Classifies one blob id from its stored count (`None`: no blob row) and its

@@ -308,24 +308,24 @@ async fn a_run_killed_during_churn_resumes_with_exactly_the_injected_faults() {
     );
     let checkpoint = dir.path().join("run.checkpoint");
     let output = dir.path().join("findings.jsonl");
-    let (config_path, checkpoint_path, output_path) =
-        (config.clone(), checkpoint.clone(), output.clone());
-    let run = move |resume: bool| {
-        let (config, checkpoint, output) = (&config_path, &checkpoint_path, &output_path);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_blobcheck"));
-        command
-            .args(["--quiet", "check", "--config", config.to_str().unwrap()])
-            .args(["--format", "json", "--output", output.to_str().unwrap()])
-            .args(["--checkpoint", checkpoint.to_str().unwrap()])
-            .args(["--chunk-size", "100", "--chunk-time", "0", "--jobs", "2"])
-            .args(["--max-rows-per-second", "4000", "--settle-delay", "0.7"])
-            .args(["--progress", "none"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if resume {
-            command.arg("--resume");
+    let run = {
+        let (checkpoint, output) = (checkpoint.clone(), output.clone());
+        move |resume: bool| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_blobcheck"));
+            command
+                .args(["--quiet", "check", "--config", config.to_str().unwrap()])
+                .args(["--format", "json", "--output", output.to_str().unwrap()])
+                .args(["--checkpoint", checkpoint.to_str().unwrap()])
+                .args(["--chunk-size", "100", "--chunk-time", "0", "--jobs", "2"])
+                .args(["--max-rows-per-second", "4000", "--settle-delay", "0.7"])
+                .args(["--progress", "none"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if resume {
+                command.arg("--resume");
+            }
+            command
         }
-        command
     };
 
     let writers = Writers::start(
@@ -340,30 +340,10 @@ async fn a_run_killed_during_churn_resumes_with_exactly_the_injected_faults() {
     // Killed once the checkpoint holds confirmed findings and the scan is
     // well under way, but not done.
     let mut child = run(false).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the run ended before it could be killed: {status:?}; checkpoint {:?}",
-                std::fs::read_to_string(&checkpoint)
-                    .map(|t| t.chars().take(400).collect::<String>())
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint with findings appeared"
-        );
-        if let Ok(text) = std::fs::read_to_string(&checkpoint)
-            && let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text)
-            && saved["next_start"].as_u64().is_some_and(|n| n > 5_000)
-            && saved["findings"].as_array().is_some_and(|f| !f.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    blocking(move || {
+        common::kill_once_checkpointed(&mut child, &checkpoint, 5_000, Duration::from_secs(120));
+    })
+    .await;
     let partial = common::read_findings(&output);
     println!(
         "killed after {:.1} s with {} findings written",

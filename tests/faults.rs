@@ -5,10 +5,12 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use blobcheck::demo::FixtureServers;
-use common::{expected_fixture_findings, read_findings, write_fixture_config};
+use common::{
+    expected_fixture_findings, kill_once_checkpointed, read_findings, write_fixture_config,
+};
 
 fn blobcheck() -> Command {
     Command::new(env!("CARGO_BIN_EXE_blobcheck"))
@@ -98,30 +100,7 @@ fn a_killed_run_resumes_from_its_checkpoint_with_the_same_findings() {
     // Kill the first run once its checkpoint shows progress but before it
     // ends.
     let mut child = run(false).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "the run ended before it could be killed: {:?} {}; checkpoint {:?}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr),
-                std::fs::read_to_string(&checkpoint)
-                    .map(|t| t.chars().take(300).collect::<String>())
-            );
-        }
-        assert!(Instant::now() < deadline, "no checkpoint appeared");
-        if let Ok(text) = std::fs::read_to_string(&checkpoint) {
-            let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let next = saved["next_start"].as_u64();
-            if next.is_some_and(|n| n > 2000) && !saved["findings"].as_array().unwrap().is_empty() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_once_checkpointed(&mut child, &checkpoint, 2000, Duration::from_secs(60));
     let partial = read_findings(&output);
     assert!(
         !partial.is_empty() && partial.len() < expected_fixture_findings().len(),

@@ -175,6 +175,45 @@ pub fn write_fixture_config(servers: &FixtureServers, dir: &Path) -> std::path::
     write_temp(dir, "proton.toml", &text)
 }
 
+/// Kills `child`, a `blobcheck check --checkpoint`, once its checkpoint shows
+/// the scan past id `past` with a finding saved: mid-run, with something to
+/// resume. Panics if the run ends first or that takes longer than `within`.
+pub fn kill_once_checkpointed(
+    child: &mut std::process::Child,
+    checkpoint: &Path,
+    past: u64,
+    within: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            panic!(
+                "the run ended before it could be killed: {status:?} {stderr}; checkpoint {:?}",
+                std::fs::read_to_string(checkpoint)
+                    .map(|t| t.chars().take(400).collect::<String>())
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint past id {past} with findings within {within:?}"
+        );
+        if let Ok(text) = std::fs::read_to_string(checkpoint)
+            && let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text)
+            && saved["next_start"].as_u64().is_some_and(|n| n > past)
+            && saved["findings"].as_array().is_some_and(|f| !f.is_empty())
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Sorted findings of a JSON-lines file.
 pub fn read_findings(path: &Path) -> Vec<Exact> {
     let mut findings = parse_jsonl(&std::fs::read_to_string(path).unwrap_or_default());
