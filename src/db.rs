@@ -51,9 +51,18 @@ fn pool_for(server: &Server, max_connections: usize) -> Result<Pool> {
         reason: one_line(e),
     })?;
     let constraints = PoolConstraints::new(0, max_connections.max(1)).expect("0 ≤ max");
+    // Idle connections stay open for a minute (mysql_async's default closes
+    // every connection above the minimum as soon as it is returned, so each
+    // query would connect anew), and are not reset on return: the session
+    // only ever holds SESSION_SETUP, and a reset would drop the prepared
+    // statements with it.
+    let pool_opts = PoolOpts::default()
+        .with_constraints(constraints)
+        .with_inactive_connection_ttl(Duration::from_secs(60))
+        .with_reset_connection(false);
     let mut builder = OptsBuilder::from_opts(opts)
         .init(SESSION_SETUP.iter().map(|s| s.to_string()).collect())
-        .pool_opts(PoolOpts::default().with_constraints(constraints))
+        .pool_opts(pool_opts)
         .stmt_cache_size(64);
     if let Some(password) = &server.password {
         builder = builder.pass(Some(password.0.clone()));
