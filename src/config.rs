@@ -179,6 +179,31 @@ pub struct CheckSettings {
     pub retry_for: f64,
     /// Rows listed per column for each missing blob or count too low.
     pub affected_rows: u64,
+    /// How chunks are checked: row by row, or by sums first.
+    pub method: Method,
+    /// With `method = "sketch"`: rows per sketched chunk.
+    pub sketch_rows: u64,
+}
+
+/// `exact` reads one row per id and table; `sketch` has the servers sum
+/// each chunk and reads exactly only the chunks the sums do not clear
+/// (`sketch` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Exact,
+    Sketch,
+}
+
+impl Method {
+    pub fn scan_method(self, sketch_rows: u64) -> crate::scan::Method {
+        match self {
+            Method::Exact => crate::scan::Method::Exact,
+            Method::Sketch => crate::scan::Method::Sketch {
+                target_rows: sketch_rows,
+            },
+        }
+    }
 }
 
 impl Default for CheckSettings {
@@ -197,6 +222,8 @@ impl Default for CheckSettings {
             max_rows_per_second: None,
             retry_for: 300.0,
             affected_rows: 10,
+            method: Method::Exact,
+            sketch_rows: 8_192,
         }
     }
 }
@@ -215,6 +242,7 @@ impl CheckSettings {
             max_chunk_size: self.max_chunk_size,
             // Set from the confirmation options when the check starts.
             hot_threshold: u64::MAX,
+            method: self.method.scan_method(self.sketch_rows),
         }
     }
 
@@ -259,6 +287,7 @@ impl CheckSettings {
         rows("chunk size", self.chunk_size)?;
         rows("min chunk size", self.min_chunk_size)?;
         rows("max chunk size", self.max_chunk_size)?;
+        rows("sketch rows", self.sketch_rows)?;
         if self.min_chunk_size > self.max_chunk_size {
             return Err(format!(
                 "min chunk size {} is above max chunk size {}",

@@ -557,6 +557,19 @@ mod tests {
         ) -> Result<Vec<(u64, u64)>> {
             unreachable!()
         }
+        async fn blob_sketch(
+            &self,
+            _: crate::plan::IdRange,
+        ) -> Result<Option<crate::sketch::Moments>> {
+            unreachable!()
+        }
+        async fn reference_sketch(
+            &self,
+            _: usize,
+            _: crate::plan::IdRange,
+        ) -> Result<crate::sketch::Moments> {
+            unreachable!()
+        }
         async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
             let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut inner = self.inner.lock().unwrap();
@@ -599,6 +612,7 @@ mod tests {
                 blobs: BTreeMap::from([(1, 3), (2, 1)]),
                 columns: vec![BTreeMap::from([(1, 2), (2, 2), (3, 1)])],
                 largest_batch: AtomicU64::new(0),
+                blob_batches: AtomicU64::new(0),
             }),
             reads: AtomicU64::new(0),
             change: Box::new(|n, data| {
@@ -652,6 +666,7 @@ mod tests {
                 blobs: BTreeMap::from([(7, 5)]),
                 columns: vec![BTreeMap::from([(7, 1)])],
                 largest_batch: AtomicU64::new(0),
+                blob_batches: AtomicU64::new(0),
             }),
             reads: AtomicU64::new(0),
             change: Box::new(|n, data| {

@@ -18,6 +18,7 @@ use crate::finding::Finding;
 use crate::plan::IdRange;
 use crate::report::AffectedRow;
 use crate::scan::Source;
+use crate::sketch::Moments;
 use crate::throttle::Throttle;
 
 /// How long one batch query may take before it counts as lost (and is
@@ -542,6 +543,86 @@ fn reference_batch_with(reference: &ReferenceScan, start: &str, end: &str, limit
     )
 }
 
+/// The blob table's moments over a chunk (see `sketch`): `COUNT(*)`,
+/// `Σ count`, `Σ count·t`, `Σ count·t²` with `t = id − start`, one row.
+/// The chunk is at most `sketch::MAX_SPAN` ids, so `t²` fits; a stored count
+/// of 2²⁴ or more can overflow `count·t²`, which the server refuses (error
+/// 1690) and the chunk is read exactly instead.
+pub fn blob_sketch_sql(blobs: &BlobScan, range: IdRange) -> String {
+    let start = range.start.to_string();
+    blob_sketch_with(blobs, [&start; 4], &range.end.to_string())
+}
+
+/// `blob_sketch_sql` as a prepared statement: start four times, end.
+pub fn blob_sketch_statement(blobs: &BlobScan) -> String {
+    blob_sketch_with(blobs, ["?"; 4], "?")
+}
+
+fn blob_sketch_with(blobs: &BlobScan, start: [&str; 4], end: &str) -> String {
+    sketch_with(
+        &blobs.table,
+        &blobs.index,
+        &blobs.id,
+        Some(&blobs.count),
+        start,
+        end,
+    )
+}
+
+/// The sums of one table over `key >= start AND key <= end`, each row
+/// weighed by `weight` (the stored count) or by 1.
+fn sketch_with(
+    table: &TableName,
+    index: &ServerIdent,
+    key: &Ident,
+    weight: Option<&Ident>,
+    start: [&str; 4],
+    end: &str,
+) -> String {
+    let key = key.quoted();
+    let weighed = |expr: String| match weight {
+        Some(weight) => format!("{} * ({expr})", weight.quoted()),
+        None => expr,
+    };
+    let counts = match weight {
+        Some(weight) => format!("COUNT(*), SUM({})", weight.quoted()),
+        None => format!("COUNT({key}), COUNT({key})"),
+    };
+    format!(
+        "SELECT {counts}, SUM({first}), SUM({second}) \
+         FROM {table} FORCE INDEX ({index}) WHERE {key} >= {s3} AND {key} <= {end}",
+        first = weighed(format!("{key} - {}", start[0])),
+        second = weighed(format!("({key} - {}) * ({key} - {})", start[1], start[2])),
+        table = table.quoted(),
+        index = index.quoted(),
+        s3 = start[3],
+    )
+}
+
+/// A reference column's moments over a chunk: `COUNT(col)`, `COUNT(col)`
+/// again (every row weighs 1), `Σ t`, `Σ t²`, one row, from an index-only
+/// range scan.
+pub fn reference_sketch_sql(reference: &ReferenceScan, range: IdRange) -> String {
+    let start = range.start.to_string();
+    reference_sketch_with(reference, [&start; 4], &range.end.to_string())
+}
+
+/// `reference_sketch_sql` as a prepared statement: start four times, end.
+pub fn reference_sketch_statement(reference: &ReferenceScan) -> String {
+    reference_sketch_with(reference, ["?"; 4], "?")
+}
+
+fn reference_sketch_with(reference: &ReferenceScan, start: [&str; 4], end: &str) -> String {
+    sketch_with(
+        &reference.table,
+        &reference.index,
+        &reference.column,
+        None,
+        start,
+        end,
+    )
+}
+
 /// `column IN (…)` for `ids`. Literals above 2⁶³−1 are DECIMAL to the
 /// server, and an IN list that mixes them with BIGINT literals is not used
 /// for a range scan (MariaDB falls back to a full scan), so the two kinds go
@@ -646,7 +727,7 @@ impl Protocol {
 /// A query: SQL text, or a statement to prepare with its parameters.
 enum Query {
     Text(String),
-    Prepared(String, (u64, u64, u64)),
+    Prepared(String, Vec<u64>),
 }
 
 /// What a query reads, for the rate limit.
@@ -654,6 +735,8 @@ enum Query {
 enum Read {
     Scan,
     Points,
+    /// A sketch: an out-of-range error is an answer, not a failure.
+    Sketch,
 }
 
 /// Answers the scan's batches from the servers.
@@ -700,6 +783,23 @@ fn value_text(value: Option<&mysql_async::Value>) -> String {
     }
 }
 
+/// The server's error number for a BIGINT value out of range
+/// (ER_DATA_OUT_OF_RANGE).
+const OUT_OF_RANGE: u16 = 1690;
+
+/// A non-negative integer result (COUNT, or SUM as DECIMAL text); NULL,
+/// the SUM of no rows, is 0.
+fn value_u128(value: Option<&mysql_async::Value>) -> Option<u128> {
+    use mysql_async::Value;
+    match value? {
+        Value::NULL => Some(0),
+        Value::Int(n) => u128::try_from(*n).ok(),
+        Value::UInt(n) => Some(u128::from(*n)),
+        Value::Bytes(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
 fn parse_pair(row: Row, server: &str, what: &str) -> Result<(u64, u64)> {
     let mut row = row;
     let id = row.take_opt::<u64, _>(0);
@@ -737,15 +837,11 @@ impl DbSource {
     ) -> Query {
         match self.protocol {
             Protocol::Text => Query::Text(text),
-            Protocol::Binary => Query::Prepared(statement(), (range.start, range.end, limit)),
+            Protocol::Binary => Query::Prepared(statement(), vec![range.start, range.end, limit]),
         }
     }
 
-    /// Runs one query that returns `(id, count)` pairs, retrying with
-    /// backoff while the failure is one a reconnect can cure. Scan batches
-    /// count against `--max-rows-per-second`; confirmation's point reads
-    /// (a few ids each) do not, so that findings are not held back behind the
-    /// scan, but they still wait out pauses for lag and load.
+    /// Runs one query that returns `(id, count)` pairs (see `rows`).
     async fn pairs(
         &self,
         server: usize,
@@ -754,29 +850,44 @@ impl DbSource {
         read: Read,
     ) -> Result<Vec<(u64, u64)>> {
         let name = &self.databases.servers[server].name;
+        let rows = self.rows(server, &query, read).await?;
+        if read == Read::Scan {
+            self.throttle.consume(rows.len() as u64).await;
+        }
+        rows.into_iter()
+            .map(|row| parse_pair(row, name, what))
+            .collect()
+    }
+
+    /// Runs one query, retrying with backoff while the failure is one a
+    /// reconnect can cure. Scan reads count against
+    /// `--max-rows-per-second` (the caller consumes); confirmation's point
+    /// reads (a few ids each) do not, so that findings are not held back
+    /// behind the scan, but they still wait out pauses for lag and load.
+    async fn rows(&self, server: usize, query: &Query, read: Read) -> Result<Vec<Row>> {
+        let name = &self.databases.servers[server].name;
         let deadline = Instant::now() + self.retry_for;
         let mut delay = Duration::from_millis(100);
         loop {
             self.throttle.wait_ready().await;
             let attempt = async {
                 let mut conn = self.databases.pools[server].get_conn().await?;
-                match &query {
+                match query {
                     Query::Text(sql) => conn.query::<Row, _>(sql.as_str()).await,
                     Query::Prepared(statement, params) => {
-                        conn.exec::<Row, _, _>(statement.as_str(), *params).await
+                        let params: Vec<mysql_async::Value> =
+                            params.iter().map(|&p| p.into()).collect();
+                        conn.exec::<Row, _, _>(statement.as_str(), params).await
                     }
                 }
             };
             let limit = self.databases.servers[server].connect_timeout + QUERY_TIMEOUT;
             let failure = match tokio::time::timeout(limit, attempt).await {
-                Ok(Ok(rows)) => {
-                    if read == Read::Scan {
-                        self.throttle.consume(rows.len() as u64).await;
-                    }
-                    return rows
-                        .into_iter()
-                        .map(|row| parse_pair(row, name, what))
-                        .collect();
+                Ok(Ok(rows)) => return Ok(rows),
+                Ok(Err(mysql_async::Error::Server(e)))
+                    if read == Read::Sketch && e.code == OUT_OF_RANGE =>
+                {
+                    return Ok(Vec::new());
                 }
                 Ok(Err(e)) if !retryable(&e) => {
                     return Err(self.databases.query_error(server, e));
@@ -800,6 +911,35 @@ impl DbSource {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+    }
+
+    /// Runs one sketch query (`blob_sketch_sql`, `reference_sketch_sql`).
+    /// `Ok(None)` when the server refused a product as out of range (`rows`
+    /// returns no row for that; the query itself always returns one).
+    async fn moments(&self, server: usize, query: Query, what: &str) -> Result<Option<Moments>> {
+        let name = &self.databases.servers[server].name;
+        let rows = self.rows(server, &query, Read::Sketch).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let bad = |part: &str| Error::Query {
+            server: name.clone(),
+            reason: format!("{what}: the sketch's {part} is not a non-negative integer"),
+        };
+        let [row] = rows.as_slice() else {
+            return Err(bad("row count"));
+        };
+        let rows_read = value_u128(row.as_ref(0)).ok_or_else(|| bad("row count"))?;
+        let mut sums = [0u128; 3];
+        for (j, sum) in sums.iter_mut().enumerate() {
+            *sum = value_u128(row.as_ref(j + 1)).ok_or_else(|| bad("sum"))?;
+        }
+        let rows_read = u64::try_from(rows_read).map_err(|_| bad("row count"))?;
+        self.throttle.consume(rows_read).await;
+        Ok(Some(Moments {
+            rows: rows_read,
+            sums,
+        }))
     }
 
     /// The smallest and largest blob id, `None` for an empty table.
@@ -923,6 +1063,48 @@ impl Source for DbSource {
             .await?;
         rows.sort_unstable();
         Ok(rows)
+    }
+
+    async fn blob_sketch(&self, range: IdRange) -> Result<Option<Moments>> {
+        let blobs = &self.schema.blobs;
+        let what = blobs.table.to_string();
+        let query = match self.protocol {
+            Protocol::Text => Query::Text(blob_sketch_sql(blobs, range)),
+            Protocol::Binary => Query::Prepared(
+                blob_sketch_statement(blobs),
+                vec![
+                    range.start,
+                    range.start,
+                    range.start,
+                    range.start,
+                    range.end,
+                ],
+            ),
+        };
+        self.moments(blobs.server, query, &what).await
+    }
+
+    async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Moments> {
+        let reference = &self.schema.references[column];
+        let query = match self.protocol {
+            Protocol::Text => Query::Text(reference_sketch_sql(reference, range)),
+            Protocol::Binary => Query::Prepared(
+                reference_sketch_statement(reference),
+                vec![
+                    range.start,
+                    range.start,
+                    range.start,
+                    range.start,
+                    range.end,
+                ],
+            ),
+        };
+        self.moments(reference.server, query, &reference.label)
+            .await?
+            .ok_or_else(|| Error::Query {
+                server: self.databases.servers[reference.server].name.clone(),
+                reason: format!("{}: the sketch overflowed", reference.label),
+            })
     }
 
     fn column_count(&self) -> usize {

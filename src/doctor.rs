@@ -1325,6 +1325,11 @@ impl Doctor<'_> {
                 Expect::Index(key),
             ),
             (
+                "sketch",
+                db::blob_sketch_sql(blobs, IdRange::new(0, 4095)),
+                Expect::Index(key),
+            ),
+            (
                 "id span",
                 db::blob_id_span_sql(blobs),
                 Expect::OptimizedAway,
@@ -1477,6 +1482,10 @@ impl Doctor<'_> {
                 db::reference_batch_sql(scan, IdRange::ALL, self.config.check.chunk_size),
             ),
             ("points", db::reference_points_sql(scan, &SAMPLE_IDS)),
+            (
+                "sketch",
+                db::reference_sketch_sql(scan, IdRange::new(0, 4095)),
+            ),
         ];
         if let Some(sql) = db::affected_rows_sql(scan, 1, self.config.check.affected_rows.max(1)) {
             queries.push(("affected rows", sql));

@@ -22,6 +22,7 @@ pub mod repair;
 pub mod report;
 pub mod sandbox;
 pub mod scan;
+pub mod sketch;
 pub mod throttle;
 
 /// Exit status: the check ran and found nothing.

@@ -59,6 +59,12 @@ struct CheckArgs {
     /// Largest adaptive chunk; bounds memory [config: check.max_chunk_size; default 20000].
     #[arg(long, value_name = "ROWS")]
     max_chunk_size: Option<u64>,
+    /// How chunks are checked: `exact` reads one row per id and table; `sketch` has the servers sum each chunk and reads exactly only the chunks the sums do not clear (see README) [config: check.method; default exact].
+    #[arg(long, value_enum, value_name = "METHOD")]
+    method: Option<blobcheck::config::Method>,
+    /// With --method sketch: rows per sketched chunk [config: check.sketch_rows; default 8192].
+    #[arg(long, value_name = "ROWS")]
+    sketch_rows: Option<u64>,
     /// Chunks checked at once [config: check.jobs; default 4].
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -302,6 +308,8 @@ async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u6
     settings.max_rows_per_second = args.max_rows_per_second.or(settings.max_rows_per_second);
     settings.retry_for = args.retry_for.unwrap_or(settings.retry_for);
     settings.affected_rows = args.affected_rows.unwrap_or(settings.affected_rows);
+    settings.method = args.method.unwrap_or(settings.method);
+    settings.sketch_rows = args.sketch_rows.unwrap_or(settings.sketch_rows);
     settings.validate().map_err(Error::Usage)?;
 
     let out = open_output(args.output.as_deref())?;

@@ -122,7 +122,7 @@ async fn the_fixture_setup_is_ready() {
         ],
         "{text}"
     );
-    assert_eq!(blob.len(), 6, "three facts, three plans: {text}");
+    assert_eq!(blob.len(), 7, "three facts, four plans: {text}");
     let explains = marks(&blob, "ok");
     assert!(
         explains
@@ -139,12 +139,18 @@ async fn the_fixture_setup_is_ready() {
     assert!(
         explains
             .iter()
+            .any(|l| l.starts_with("  ok    EXPLAIN sketch        range, key PRIMARY")),
+        "{text}"
+    );
+    assert!(
+        explains
+            .iter()
             .any(|l| l.starts_with("  ok    EXPLAIN id span")
                 && l.contains("Select tables optimized away")),
         "{text}"
     );
 
-    let mut explained = 3;
+    let mut explained = 4;
     for reference in &config.references {
         let lines = section(&text, &format!("reference {}", reference.label));
         assert!(marks(&lines, "WARN").is_empty() && marks(&lines, "FAIL").is_empty());
@@ -161,7 +167,7 @@ async fn the_fixture_setup_is_ready() {
             lines.iter().any(|l| l.starts_with("  ok    primary key (")),
             "{text}"
         );
-        for query in ["batch", "points", "affected rows"] {
+        for query in ["batch", "points", "sketch", "affected rows"] {
             let line = lines
                 .iter()
                 .find(|l| l.starts_with(&format!("  ok    EXPLAIN {query:<13} ")))
@@ -184,7 +190,7 @@ async fn the_fixture_setup_is_ready() {
     assert_eq!(ok_explains, explained);
     assert_eq!(
         explained,
-        3 + 7 * 3 + 5,
+        4 + 7 * 4 + 5,
         "the five nullable columns count NULLs"
     );
 }
@@ -415,7 +421,7 @@ column = "BlobStorageID"
             .iter()
             .filter(|l| l.contains("EXPLAIN"))
             .count(),
-        2,
+        3,
         "{text}"
     );
 
@@ -455,7 +461,7 @@ column = "BlobStorageID"
             .iter()
             .filter(|l| l.contains("EXPLAIN") && l.contains("key Body"))
             .count(),
-        3,
+        4,
         "{text}"
     );
 
@@ -819,9 +825,9 @@ column = "Body"
                 .filter(|l| l.starts_with("  ok    EXPLAIN "))
                 .count(),
             if column.starts_with("Attachment") {
-                4
+                5
             } else {
-                3
+                4
             },
             "{text}"
         );

@@ -64,6 +64,28 @@ fn assert_index_scan(plans: &[Plan], sql: &str, index: &str, accesses: &[&str]) 
     );
 }
 
+/// `blob_sql` is a range scan of the primary key, and `reference_sql` of
+/// every reference column an index-only range scan of its index.
+async fn assert_range_scans(
+    databases: &Databases,
+    schema: &db::Schema,
+    blob_sql: &str,
+    reference_sql: impl Fn(&db::ReferenceScan) -> String,
+) {
+    let plans = explain(databases, schema.blobs.server, blob_sql).await;
+    assert_index_scan(&plans, blob_sql, "PRIMARY", &["range"]);
+    for reference in &schema.references {
+        let sql = reference_sql(reference);
+        let plans = explain(databases, reference.server, &sql).await;
+        assert_index_scan(&plans, &sql, reference.column.as_str(), &["range"]);
+        assert!(
+            plans[0].extra.contains("Using index"),
+            "index-only: {sql}: {}",
+            plans[0].extra
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scan_query_is_an_index_range_scan() {
     let config = fixture_config().await;
@@ -77,20 +99,31 @@ async fn every_scan_query_is_an_index_range_scan() {
     ];
 
     for range in ranges {
-        let sql = db::blob_batch_sql(&schema.blobs, range, 1000);
-        let plans = explain(&databases, schema.blobs.server, &sql).await;
-        assert_index_scan(&plans, &sql, "PRIMARY", &["range"]);
+        assert_range_scans(
+            &databases,
+            &schema,
+            &db::blob_batch_sql(&schema.blobs, range, 1000),
+            |reference| db::reference_batch_sql(reference, range, 1000),
+        )
+        .await;
+    }
 
-        for reference in &schema.references {
-            let sql = db::reference_batch_sql(reference, range, 1000);
-            let plans = explain(&databases, reference.server, &sql).await;
-            assert_index_scan(&plans, &sql, reference.column.as_str(), &["range"]);
-            assert!(
-                plans[0].extra.contains("Using index"),
-                "index-only: {sql}: {}",
-                plans[0].extra
-            );
-        }
+    // --method sketch: the same scans, summed on the server.
+    let sketch_ranges = [
+        IdRange::new(0, 4095),
+        IdRange::new(100, 5000),
+        IdRange::new(1 << 63, (1 << 63) + 4095),
+        IdRange::new(u64::MAX - 4095, u64::MAX),
+        IdRange::new(7, 7),
+    ];
+    for range in sketch_ranges {
+        assert_range_scans(
+            &databases,
+            &schema,
+            &db::blob_sketch_sql(&schema.blobs, range),
+            |reference| db::reference_sketch_sql(reference, range),
+        )
+        .await;
     }
 
     // Confirmation's point reads: a range of points, never a sort, whether

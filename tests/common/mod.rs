@@ -92,6 +92,23 @@ pub async fn check_json(
     check_scope(config, Scope::Range(range), chunk_size, jobs).await
 }
 
+/// `check_json` with `--method sketch` at `target_rows` rows per sketch.
+pub async fn check_sketch(
+    config: &Config,
+    target_rows: u64,
+    chunk_size: u64,
+    jobs: usize,
+) -> (Vec<Exact>, Summary) {
+    let options = CheckOptions::new(ScanOptions {
+        method: blobcheck::scan::Method::Sketch { target_rows },
+        ..ScanOptions::fixed(chunk_size, jobs)
+    });
+    let (text, summary) = check_jsonl(config, &options).await;
+    let mut findings = parse_jsonl(&text);
+    findings.sort();
+    (findings, summary)
+}
+
 /// `check_json` for any scope.
 pub async fn check_scope(
     config: &Config,
