@@ -749,6 +749,22 @@ column = "Body"
     }
 
     #[test]
+    fn the_method_is_read_from_the_check_section() {
+        assert_eq!(parse(EXAMPLE).unwrap().check.method, Method::Exact);
+        let text = format!("{EXAMPLE}\n[check]\nmethod = \"sketch\"\nsketch_rows = 2048\n");
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.check.method.scan_method(config.check.sketch_rows),
+            crate::scan::Method::Sketch { target_rows: 2048 }
+        );
+        let err = parse(&format!("{EXAMPLE}\n[check]\nmethod = \"crc\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
     fn identifiers_are_validated_and_quoted() {
         assert_eq!(Ident::new("Body").unwrap().quoted(), "`Body`");
         for bad in ["", "a`b", "a b", "a;b", "x'", &"a".repeat(65), "é"] {
