@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::finding::{Direction, Finding, Kind};
 use crate::plan::{IdRange, Partition};
 use crate::progress::{Progress, ProgressMode};
-use crate::report::{ColumnSummary, Reporter, Summary};
-use crate::scan::{ChunkOutcome, ScanOptions, scan};
+use crate::report::{ColumnSummary, Reporter, SketchCounts, Summary};
+use crate::scan::{Checked, ChunkOutcome, ScanOptions, scan};
 use crate::throttle::{Throttle, ThrottleOptions};
 
 /// Which ids to check.
@@ -319,6 +319,7 @@ async fn run_with_source(
         open: OpenWave::default(),
         progress: Progress::new(options.progress, range, span.map(|(_, last)| last)),
         last_checkpoint: Instant::now(),
+        sketch: SketchCounts::default(),
     };
     // Candidates a killed run left unconfirmed are read again from now on.
     let pending = std::mem::take(&mut state.pending);
@@ -337,6 +338,9 @@ async fn run_with_source(
     }
     summary.transient = state.transient;
     summary.watched = state.watched;
+    if matches!(options.scan.method, crate::scan::Method::Sketch { .. }) {
+        summary.sketch = Some(run.sketch.clone());
+    }
     summary.unsettled = state.unsettled.clone();
     summary.findings = run.reporter.counts().clone();
     summary.seconds = started.elapsed().as_secs_f64();
@@ -352,6 +356,7 @@ struct Run<'a> {
     open: OpenWave,
     progress: Progress,
     last_checkpoint: Instant,
+    sketch: SketchCounts,
 }
 
 impl Run<'_> {
@@ -481,6 +486,11 @@ impl Run<'_> {
             };
             match event {
                 Event::Outcome(Some(outcome)) => {
+                    match outcome.checked {
+                        Checked::Exact => self.sketch.exact += 1,
+                        Checked::SketchClean => self.sketch.clean += 1,
+                        Checked::SketchLocated => self.sketch.located += 1,
+                    }
                     state.blob_rows += outcome.blobs;
                     let mut rows = outcome.blobs;
                     for (total, n) in state.references.iter_mut().zip(&outcome.references) {

@@ -43,9 +43,25 @@ pub struct Summary {
     pub watched: u64,
     /// Candidates that kept changing through every read allowed.
     pub unsettled: Vec<u64>,
+    /// With `--method sketch`: how this process checked its chunks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<SketchCounts>,
     /// Time spent paused by the throttle.
     pub throttled_seconds: f64,
     pub seconds: f64,
+}
+
+/// Chunk outcomes of a `--method sketch` run by how they were checked
+/// (`scan::Checked`); a resumed run counts only what it checked itself.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SketchCounts {
+    /// Chunks the sums showed consistent.
+    pub clean: u64,
+    /// Chunks whose sums located their one inconsistent id.
+    pub located: u64,
+    /// Chunks read row by row: the sums did not settle them, or the id
+    /// space was too sparse to sketch.
+    pub exact: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -417,6 +433,15 @@ pub fn summary_text(summary: &Summary) -> String {
         );
     } else {
         let _ = writeln!(s, "  confirmed    no: single pass (--confirmations 0)");
+    }
+    if let Some(sketch) = &summary.sketch {
+        let _ = writeln!(
+            s,
+            "  method       sketch: {} chunks consistent by their sums, {} with one inconsistency located by them, {} read row by row",
+            thousands(sketch.clean),
+            thousands(sketch.located),
+            thousands(sketch.exact)
+        );
     }
     if !summary.unsettled.is_empty() {
         let shown: Vec<String> = summary

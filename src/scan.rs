@@ -156,6 +156,19 @@ pub struct ChunkOutcome {
     /// When the last read of this range ended: candidates are re-read a
     /// settle delay after it.
     pub read_at: Instant,
+    /// How the range was checked.
+    pub checked: Checked,
+}
+
+/// How a chunk outcome's range was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Row by row.
+    Exact,
+    /// By its sums, which showed it consistent.
+    SketchClean,
+    /// By its sums, which located one inconsistent id, read exactly.
+    SketchLocated,
 }
 
 /// Reads the next chunk of blob rows starting at `start`, which is at most
@@ -207,6 +220,7 @@ async fn check_chunk<S: Source>(
             .collect(),
         watch: Vec::new(),
         read_at: Instant::now(),
+        checked: Checked::Exact,
     };
     merge_watching(
         &chunk.blobs,
@@ -297,6 +311,7 @@ async fn sketch_range<S: Source>(
         references: columns.iter().map(|column| column.rows).collect(),
         watch: Vec::new(),
         read_at: Instant::now(),
+        checked: Checked::SketchClean,
     };
     let learned = (span, most_rows(&outcome));
     match sketch::decide(range.start, span, &blobs, &references) {
@@ -314,6 +329,7 @@ async fn sketch_range<S: Source>(
             match outcome.findings.as_slice() {
                 [finding] if finding.difference() == difference => {
                     outcome.read_at = Instant::now();
+                    outcome.checked = Checked::SketchLocated;
                     Ok((outcome, Vec::new(), learned))
                 }
                 _ => fallback().await,

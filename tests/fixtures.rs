@@ -34,6 +34,10 @@ async fn fixture_findings_are_exact_at_every_chunk_size() {
         // NULL references are counted apart, never as references.
         let nulls: Vec<u64> = summary.columns.iter().map(|c| c.null_or_invalid).collect();
         assert_eq!(nulls, vec![6, 5, 7, 4, 5, 0, 0]);
+        assert!(
+            summary.sketch.is_none(),
+            "no sketch counts for --method exact"
+        );
     }
 }
 
@@ -65,6 +69,14 @@ async fn sketch_method_finds_exactly_the_fixture_findings() {
             assert_eq!(summary.blob_rows, 2993, "{what}");
             let references: u64 = summary.columns.iter().map(|c| c.references).sum();
             assert_eq!(references, 10_568, "{what}");
+            // The summary says how the chunks were checked; the stretch up
+            // to 2⁶⁴ − 1 is always read row by row, and the smallest
+            // sketches are mostly settled by their sums.
+            let counts = summary.sketch.expect("a sketch run counts its chunks");
+            assert!(counts.exact > 0, "{what}: {counts:?}");
+            if target_rows <= 5 {
+                assert!(counts.clean > 0 && counts.located > 0, "{what}: {counts:?}");
+            }
         }
     }
 }
