@@ -18,7 +18,7 @@ use blobcheck::config::Config;
 use blobcheck::confirm::ConfirmOptions;
 use blobcheck::demo::{CHECKER_PASSWORD, CHECKER_USER, create_checker_sql};
 use blobcheck::sandbox::{Sandbox, SandboxOptions};
-use blobcheck::scan::ScanOptions;
+use blobcheck::scan::{Method, ScanOptions};
 use blobcheck::throttle::ThrottleOptions;
 use churn_support::{Comparison, Dataset, Mix, WriterOptions, Writers, blocking, run_check};
 
@@ -143,6 +143,29 @@ async fn check_during_churn_reports_exactly_the_injected_faults() {
         result.describe()
     );
 
+    // 3. The same with --method sketch: changes in flight make chunks read
+    // row by row more often, and confirmation does the rest.
+    let sketch_options = CheckOptions {
+        scan: ScanOptions {
+            method: Method::Sketch { target_rows: 500 },
+            ..confirmed(Duration::from_millis(700)).scan
+        },
+        ..confirmed(Duration::from_millis(700))
+    };
+    let ops_before = writers.ops();
+    let (found, sketch_summary) = run_check(&config, &sketch_options).await;
+    let sketch_rate = (writers.ops() - ops_before) as f64 / sketch_summary.seconds;
+    let sketch_result = Comparison::new(&found, &data.expected);
+    println!(
+        "confirmed check, --method sketch: {:.1} s at {sketch_rate:.0} operations/s: {} findings; {} transient, {} unsettled; chunks {:?}; {}",
+        sketch_summary.seconds,
+        found.len(),
+        sketch_summary.transient,
+        sketch_summary.unsettled.len(),
+        sketch_summary.sketch,
+        sketch_result.describe()
+    );
+
     // Only now stop the writers; each finishes both steps of its operation.
     let report = writers.stop().await;
     println!("writers: {report}");
@@ -163,8 +186,13 @@ async fn check_during_churn_reports_exactly_the_injected_faults() {
         result.describe()
     );
     assert!(
-        rate >= 100.0 && single_rate >= 100.0,
-        "the writers must really churn: {single_rate:.0} and {rate:.0} operations/s"
+        sketch_result.is_exact(),
+        "during churn the confirmed sketch check must report exactly the injected faults: {}",
+        sketch_result.describe()
+    );
+    assert!(
+        rate >= 100.0 && single_rate >= 100.0 && sketch_rate >= 100.0,
+        "the writers must really churn: {single_rate:.0}, {rate:.0} and {sketch_rate:.0} operations/s"
     );
     assert!(
         summary.transient > 0,
