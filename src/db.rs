@@ -549,36 +549,65 @@ fn reference_batch_with(reference: &ReferenceScan, start: &str, end: &str, limit
 /// of 2²⁴ or more can overflow `count·t²`, which the server refuses (error
 /// 1690) and the chunk is read exactly instead.
 pub fn blob_sketch_sql(blobs: &BlobScan, range: IdRange) -> String {
-    let start = range.start.to_string();
-    blob_sketch_with(blobs, [&start; 4], &range.end.to_string())
-}
-
-/// `blob_sketch_sql` as a prepared statement: start four times, end.
-pub fn blob_sketch_statement(blobs: &BlobScan) -> String {
-    blob_sketch_with(blobs, ["?"; 4], "?")
-}
-
-fn blob_sketch_with(blobs: &BlobScan, start: [&str; 4], end: &str) -> String {
-    sketch_with(
+    sketch_sql(
         &blobs.table,
         &blobs.index,
         &blobs.id,
         Some(&blobs.count),
-        start,
-        end,
+        Some(range),
+    )
+}
+
+/// `blob_sketch_sql` as a prepared statement, bound with `sketch_params`.
+pub fn blob_sketch_statement(blobs: &BlobScan) -> String {
+    sketch_sql(
+        &blobs.table,
+        &blobs.index,
+        &blobs.id,
+        Some(&blobs.count),
+        None,
+    )
+}
+
+/// A reference column's moments over a chunk: `COUNT(col)`, `COUNT(col)`
+/// again (every row weighs 1), `Σ t`, `Σ t²`, one row, from an index-only
+/// range scan.
+pub fn reference_sketch_sql(reference: &ReferenceScan, range: IdRange) -> String {
+    sketch_sql(
+        &reference.table,
+        &reference.index,
+        &reference.column,
+        None,
+        Some(range),
+    )
+}
+
+/// `reference_sketch_sql` as a prepared statement, bound with
+/// `sketch_params`.
+pub fn reference_sketch_statement(reference: &ReferenceScan) -> String {
+    sketch_sql(
+        &reference.table,
+        &reference.index,
+        &reference.column,
+        None,
+        None,
     )
 }
 
 /// The sums of one table over `key >= start AND key <= end`, each row
-/// weighed by `weight` (the stored count) or by 1.
-fn sketch_with(
+/// weighed by `weight` (the stored count) or by 1; with `range` as
+/// literals, or `None` for placeholders.
+fn sketch_sql(
     table: &TableName,
     index: &ServerIdent,
     key: &Ident,
     weight: Option<&Ident>,
-    start: [&str; 4],
-    end: &str,
+    range: Option<IdRange>,
 ) -> String {
+    let (start, end) = match range {
+        Some(range) => (range.start.to_string(), range.end.to_string()),
+        None => ("?".to_owned(), "?".to_owned()),
+    };
     let key = key.quoted();
     let weighed = |expr: String| match weight {
         Some(weight) => format!("{} * ({expr})", weight.quoted()),
@@ -590,37 +619,24 @@ fn sketch_with(
     };
     format!(
         "SELECT {counts}, SUM({first}), SUM({second}) \
-         FROM {table} FORCE INDEX ({index}) WHERE {key} >= {s3} AND {key} <= {end}",
-        first = weighed(format!("{key} - {}", start[0])),
-        second = weighed(format!("({key} - {}) * ({key} - {})", start[1], start[2])),
+         FROM {table} FORCE INDEX ({index}) WHERE {key} >= {start} AND {key} <= {end}",
+        first = weighed(format!("{key} - {start}")),
+        second = weighed(format!("({key} - {start}) * ({key} - {start})")),
         table = table.quoted(),
         index = index.quoted(),
-        s3 = start[3],
     )
 }
 
-/// A reference column's moments over a chunk: `COUNT(col)`, `COUNT(col)`
-/// again (every row weighs 1), `Σ t`, `Σ t²`, one row, from an index-only
-/// range scan.
-pub fn reference_sketch_sql(reference: &ReferenceScan, range: IdRange) -> String {
-    let start = range.start.to_string();
-    reference_sketch_with(reference, [&start; 4], &range.end.to_string())
-}
-
-/// `reference_sketch_sql` as a prepared statement: start four times, end.
-pub fn reference_sketch_statement(reference: &ReferenceScan) -> String {
-    reference_sketch_with(reference, ["?"; 4], "?")
-}
-
-fn reference_sketch_with(reference: &ReferenceScan, start: [&str; 4], end: &str) -> String {
-    sketch_with(
-        &reference.table,
-        &reference.index,
-        &reference.column,
-        None,
-        start,
-        end,
-    )
+/// The parameters of a sketch statement, in placeholder order: the start
+/// for each of the three `t` and the lower bound, then the end.
+fn sketch_params(range: IdRange) -> Vec<u64> {
+    vec![
+        range.start,
+        range.start,
+        range.start,
+        range.start,
+        range.end,
+    ]
 }
 
 /// `column IN (…)` for `ids`. Literals above 2⁶³−1 are DECIMAL to the
@@ -828,16 +844,17 @@ impl DbSource {
         }
     }
 
-    fn batch_query(
+    /// A scan query in the configured protocol: SQL text, or the prepared
+    /// statement with its parameters. Only the one used is built.
+    fn scan_query(
         &self,
-        text: String,
+        text: impl FnOnce() -> String,
         statement: impl FnOnce() -> String,
-        range: IdRange,
-        limit: u64,
+        params: impl FnOnce() -> Vec<u64>,
     ) -> Query {
         match self.protocol {
-            Protocol::Text => Query::Text(text),
-            Protocol::Binary => Query::Prepared(statement(), vec![range.start, range.end, limit]),
+            Protocol::Text => Query::Text(text()),
+            Protocol::Binary => Query::Prepared(statement(), params()),
         }
     }
 
@@ -922,19 +939,21 @@ impl DbSource {
         if rows.is_empty() {
             return Ok(None);
         }
-        let bad = |part: &str| Error::Query {
+        let bad = |reason: &str| Error::Query {
             server: name.clone(),
-            reason: format!("{what}: the sketch's {part} is not a non-negative integer"),
+            reason: format!("{what}: {reason}"),
         };
         let [row] = rows.as_slice() else {
-            return Err(bad("row count"));
+            return Err(bad("a sketch query returned more than one row"));
         };
-        let rows_read = value_u128(row.as_ref(0)).ok_or_else(|| bad("row count"))?;
+        let not_integer = || bad("a sketch sum is not a non-negative integer");
+        let rows_read = value_u128(row.as_ref(0))
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(not_integer)?;
         let mut sums = [0u128; 3];
         for (j, sum) in sums.iter_mut().enumerate() {
-            *sum = value_u128(row.as_ref(j + 1)).ok_or_else(|| bad("sum"))?;
+            *sum = value_u128(row.as_ref(j + 1)).ok_or_else(not_integer)?;
         }
-        let rows_read = u64::try_from(rows_read).map_err(|_| bad("row count"))?;
         self.throttle.consume(rows_read).await;
         Ok(Some(Moments {
             rows: rows_read,
@@ -1010,11 +1029,10 @@ impl Source for DbSource {
     async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
         let blobs = &self.schema.blobs;
         let what = blobs.table.to_string();
-        let query = self.batch_query(
-            blob_batch_sql(blobs, range, limit),
+        let query = self.scan_query(
+            || blob_batch_sql(blobs, range, limit),
             || blob_batch_statement(blobs),
-            range,
-            limit,
+            || vec![range.start, range.end, limit],
         );
         self.pairs(blobs.server, query, &what, Read::Scan).await
     }
@@ -1026,11 +1044,10 @@ impl Source for DbSource {
         limit: u64,
     ) -> Result<Vec<(u64, u64)>> {
         let reference = &self.schema.references[column];
-        let query = self.batch_query(
-            reference_batch_sql(reference, range, limit),
+        let query = self.scan_query(
+            || reference_batch_sql(reference, range, limit),
             || reference_batch_statement(reference),
-            range,
-            limit,
+            || vec![range.start, range.end, limit],
         );
         self.pairs(reference.server, query, &reference.label, Read::Scan)
             .await
@@ -1068,37 +1085,21 @@ impl Source for DbSource {
     async fn blob_sketch(&self, range: IdRange) -> Result<Option<Moments>> {
         let blobs = &self.schema.blobs;
         let what = blobs.table.to_string();
-        let query = match self.protocol {
-            Protocol::Text => Query::Text(blob_sketch_sql(blobs, range)),
-            Protocol::Binary => Query::Prepared(
-                blob_sketch_statement(blobs),
-                vec![
-                    range.start,
-                    range.start,
-                    range.start,
-                    range.start,
-                    range.end,
-                ],
-            ),
-        };
+        let query = self.scan_query(
+            || blob_sketch_sql(blobs, range),
+            || blob_sketch_statement(blobs),
+            || sketch_params(range),
+        );
         self.moments(blobs.server, query, &what).await
     }
 
     async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Moments> {
         let reference = &self.schema.references[column];
-        let query = match self.protocol {
-            Protocol::Text => Query::Text(reference_sketch_sql(reference, range)),
-            Protocol::Binary => Query::Prepared(
-                reference_sketch_statement(reference),
-                vec![
-                    range.start,
-                    range.start,
-                    range.start,
-                    range.start,
-                    range.end,
-                ],
-            ),
-        };
+        let query = self.scan_query(
+            || reference_sketch_sql(reference, range),
+            || reference_sketch_statement(reference),
+            || sketch_params(range),
+        );
         self.moments(reference.server, query, &reference.label)
             .await?
             .ok_or_else(|| Error::Query {

@@ -274,20 +274,14 @@ fn most_rows(outcome: &ChunkOutcome) -> u64 {
 }
 
 /// Checks `range` by its sketch (see `sketch`), falling back to an exact
-/// read of its first chunk where the sketch does not settle it. Also
-/// returns what the span sizer should learn: the span read and the most
-/// rows one table held in it.
+/// read of its first chunk where the sketch does not settle it.
 async fn sketch_range<S: Source>(
     source: &S,
     range: IdRange,
     limit: u64,
     hot_threshold: u64,
-) -> Result<(ChunkOutcome, Vec<Work>, (u64, u64))> {
-    let fallback = async || {
-        let (outcome, more) = exact_part(source, range, limit, hot_threshold).await?;
-        let learned = (span_of(outcome.range), most_rows(&outcome));
-        Ok::<_, crate::error::Error>((outcome, more, learned))
-    };
+) -> Result<(ChunkOutcome, Vec<Work>)> {
+    let fallback = || exact_part(source, range, limit, hot_threshold);
     let span = span_of(range);
     if span > sketch::MAX_SPAN {
         return fallback().await;
@@ -313,24 +307,17 @@ async fn sketch_range<S: Source>(
         read_at: Instant::now(),
         checked: Checked::SketchClean,
     };
-    let learned = (span, most_rows(&outcome));
     match sketch::decide(range.start, span, &blobs, &references) {
-        Verdict::Clean => Ok((outcome, Vec::new(), learned)),
+        Verdict::Clean => Ok((outcome, Vec::new())),
         Verdict::Single { id, difference } => {
-            let ids = [id];
-            let (stored, counts) = tokio::try_join!(
-                source.stored_counts(&ids),
-                try_join_all(
-                    (0..source.column_count()).map(|column| source.reference_counts(column, &ids))
-                ),
-            )?;
-            let counts: Vec<&[(u64, u64)]> = counts.iter().map(Vec::as_slice).collect();
-            crate::merge::merge_into(&stored, &counts, &mut outcome.findings);
-            match outcome.findings.as_slice() {
-                [finding] if finding.difference() == difference => {
+            // The same stable point read confirmation uses: a read during
+            // which the stored count moved is not trusted.
+            match crate::confirm::read_points(source, &[id]).await?.pop() {
+                Some((finding, true)) if finding.difference() == difference => {
+                    outcome.findings.push(finding);
                     outcome.read_at = Instant::now();
                     outcome.checked = Checked::SketchLocated;
-                    Ok((outcome, Vec::new(), learned))
+                    Ok((outcome, Vec::new()))
                 }
                 _ => fallback().await,
             }
@@ -366,26 +353,25 @@ pub async fn scan<S: Source>(
         let sizer = Arc::clone(&sizer);
         let span_sizer = Arc::clone(&span_sizer);
         tasks.spawn(async move {
-            match work {
+            let (outcome, more) = match work {
                 Work::Exact(chunk) => {
                     let started = Instant::now();
                     let limit = chunk.limit;
                     let (outcome, rest) = check_chunk(&*source, chunk, hot_threshold).await?;
                     sizer.lock().unwrap().observe(limit, started.elapsed());
-                    span_sizer
-                        .lock()
-                        .unwrap()
-                        .observe(span_of(outcome.range), most_rows(&outcome));
-                    Ok((outcome, rest.map(Work::Exact).into_iter().collect()))
+                    (outcome, rest.map(Work::Exact).into_iter().collect())
                 }
                 Work::Sketch(range) => {
                     let limit = sizer.lock().unwrap().size();
-                    let (outcome, more, (span, rows)) =
-                        sketch_range(&*source, range, limit, hot_threshold).await?;
-                    span_sizer.lock().unwrap().observe(span, rows);
-                    Ok((outcome, more))
+                    sketch_range(&*source, range, limit, hot_threshold).await?
                 }
-            }
+            };
+            // How many ids hold how many rows, for the sketch's next spans.
+            span_sizer
+                .lock()
+                .unwrap()
+                .observe(span_of(outcome.range), most_rows(&outcome));
+            Ok((outcome, more))
         });
     };
 

@@ -15,9 +15,10 @@
 //!   inconsistent ids never give three zero moments: their 3 × k
 //!   Vandermonde matrix has independent columns.
 //! - **One nonzero difference explains them** (`D₁ = D₀·t`, `D₂ = D₀·t²`):
-//!   the id at `lo + t` is a candidate, and the scan reads it exactly. When
-//!   its real difference is `D₀`, what is left has three zero moments (the
-//!   case above); otherwise the chunk is read row by row.
+//!   the id at `lo + t` is a candidate, and the scan reads it exactly
+//!   (`confirm::read_points`, the stable point read confirmation uses).
+//!   When its real difference is `D₀`, what is left has three zero moments
+//!   (the case above); otherwise the chunk is read row by row.
 //! - **Anything else**: the chunk is read row by row, as `--method exact`
 //!   reads every chunk.
 //!

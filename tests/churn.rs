@@ -20,7 +20,9 @@ use blobcheck::demo::{CHECKER_PASSWORD, CHECKER_USER, create_checker_sql};
 use blobcheck::sandbox::{Sandbox, SandboxOptions};
 use blobcheck::scan::{Method, ScanOptions};
 use blobcheck::throttle::ThrottleOptions;
-use churn_support::{Comparison, Dataset, Mix, WriterOptions, Writers, blocking, run_check};
+use churn_support::{
+    Comparison, Dataset, Mix, WriterOptions, Writers, blocking, run_check, run_check_during,
+};
 
 fn start(name: &str) -> Sandbox {
     Sandbox::start(SandboxOptions::new(name)).unwrap_or_else(|e| panic!("starting {name}: {e}"))
@@ -114,9 +116,7 @@ async fn check_during_churn_reports_exactly_the_injected_faults() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 1. A single pass, unconfirmed, during the churn.
-    let ops_before = writers.ops();
-    let (found, summary) = run_check(&config, &single_pass()).await;
-    let single_rate = (writers.ops() - ops_before) as f64 / summary.seconds;
+    let (found, summary, single_rate) = run_check_during(&writers, &config, &single_pass()).await;
     let single = Comparison::new(&found, &data.expected);
     println!(
         "single pass (confirmations 0): {:.1} s at {single_rate:.0} operations/s: {} findings, {} false, {} missed (masked by a change in flight), {} wrong",
@@ -129,9 +129,8 @@ async fn check_during_churn_reports_exactly_the_injected_faults() {
 
     // 2. The confirmed check during the same churn. The writers pause up to
     // 50 ms between their two steps: 700 ms is far longer.
-    let ops_before = writers.ops();
-    let (found, summary) = run_check(&config, &confirmed(Duration::from_millis(700))).await;
-    let rate = (writers.ops() - ops_before) as f64 / summary.seconds;
+    let (found, summary, rate) =
+        run_check_during(&writers, &config, &confirmed(Duration::from_millis(700))).await;
     let result = Comparison::new(&found, &data.expected);
     println!(
         "confirmed check (settle 700 ms, 2 confirmations): {:.1} s at {rate:.0} operations/s: {} findings; {} transient, {} unsettled {:?}; {}",
@@ -145,16 +144,10 @@ async fn check_during_churn_reports_exactly_the_injected_faults() {
 
     // 3. The same with --method sketch: changes in flight make chunks read
     // row by row more often, and confirmation does the rest.
-    let sketch_options = CheckOptions {
-        scan: ScanOptions {
-            method: Method::Sketch { target_rows: 500 },
-            ..confirmed(Duration::from_millis(700)).scan
-        },
-        ..confirmed(Duration::from_millis(700))
-    };
-    let ops_before = writers.ops();
-    let (found, sketch_summary) = run_check(&config, &sketch_options).await;
-    let sketch_rate = (writers.ops() - ops_before) as f64 / sketch_summary.seconds;
+    let mut sketch_options = confirmed(Duration::from_millis(700));
+    sketch_options.scan.method = Method::Sketch { target_rows: 500 };
+    let (found, sketch_summary, sketch_rate) =
+        run_check_during(&writers, &config, &sketch_options).await;
     let sketch_result = Comparison::new(&found, &data.expected);
     println!(
         "confirmed check, --method sketch: {:.1} s at {sketch_rate:.0} operations/s: {} findings; {} transient, {} unsettled; chunks {:?}; {}",

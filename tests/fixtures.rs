@@ -61,9 +61,7 @@ async fn sketch_method_finds_exactly_the_fixture_findings() {
                     ..ScanOptions::fixed(chunk_size, jobs)
                 })
             };
-            let (text, summary) = common::check_jsonl(&config, &options).await;
-            let mut findings = common::parse_jsonl(&text);
-            findings.sort();
+            let (findings, summary) = common::check_in_order(&config, &options).await;
             let what = format!("sketch rows {target_rows}, chunk size {chunk_size}, {protocol:?}");
             assert_eq!(findings, expected, "{what}");
             assert_eq!(summary.blob_rows, 2993, "{what}");

@@ -20,7 +20,9 @@ use blobcheck::demo::{CHECKER_PASSWORD, CHECKER_USER, create_checker_sql};
 use blobcheck::sandbox::{Sandbox, SandboxOptions};
 use blobcheck::scan::ScanOptions;
 use blobcheck::throttle::ThrottleOptions;
-use churn_support::{Comparison, Dataset, WriterOptions, Writers, blocking, run_check};
+use churn_support::{
+    Comparison, Dataset, WriterOptions, Writers, blocking, run_check, run_check_during,
+};
 use mysql_async::prelude::Queryable;
 
 /// How late the shard replica applies what the shard primary wrote
@@ -259,9 +261,7 @@ async fn check_on_replicas_during_churn_on_the_primaries() {
     };
 
     // A single pass on the replicas: the lag difference adds false findings.
-    let ops_before = writers.ops();
-    let (found, summary) = run_check(&config, &base).await;
-    let single_rate = (writers.ops() - ops_before) as f64 / summary.seconds;
+    let (found, summary, single_rate) = run_check_during(&writers, &config, &base).await;
     let single = Comparison::new(&found, &data.expected);
     println!(
         "single pass on the replicas: {:.1} s at {single_rate:.0} operations/s: {} findings, {} false, {} missed",
@@ -311,9 +311,7 @@ async fn check_on_replicas_during_churn_on_the_primaries() {
         },
         ..base.clone()
     };
-    let ops_before = writers.ops();
-    let (found, summary) = run_check(&config, &options).await;
-    let rate = (writers.ops() - ops_before) as f64 / summary.seconds;
+    let (found, summary, rate) = run_check_during(&writers, &config, &options).await;
     let result = Comparison::new(&found, &data.expected);
     println!(
         "confirmed on the replicas (settle {settle:?}, 2 confirmations, max lag 2 s): {:.1} s at {rate:.0} operations/s, throttled {:.1} s: {} findings; {} transient, {} unsettled {:?}; {}",

@@ -929,6 +929,19 @@ pub async fn run_check(config: &Config, options: &CheckOptions) -> (Vec<Exact>, 
     (parse_jsonl(&out.text()), summary)
 }
 
+/// `run_check` while `writers` churn; also returns their operations per
+/// second during the check.
+pub async fn run_check_during(
+    writers: &Writers,
+    config: &Config,
+    options: &CheckOptions,
+) -> (Vec<Exact>, Summary, f64) {
+    let ops_before = writers.ops();
+    let (found, summary) = run_check(config, options).await;
+    let rate = (writers.ops() - ops_before) as f64 / summary.seconds;
+    (found, summary, rate)
+}
+
 /// How a check's findings compare with the injected faults.
 #[derive(Debug, Default)]
 pub struct Comparison {

@@ -103,10 +103,7 @@ pub async fn check_sketch(
         method: blobcheck::scan::Method::Sketch { target_rows },
         ..ScanOptions::fixed(chunk_size, jobs)
     });
-    let (text, summary) = check_jsonl(config, &options).await;
-    let mut findings = parse_jsonl(&text);
-    findings.sort();
-    (findings, summary)
+    check_in_order(config, &options).await
 }
 
 /// `check_json` for any scope.
@@ -120,13 +117,19 @@ pub async fn check_scope(
         scope,
         ..CheckOptions::new(ScanOptions::fixed(chunk_size, jobs))
     };
-    let (text, summary) = check_jsonl(config, &options).await;
-    let in_order: Vec<u64> = parse_jsonl(&text).iter().map(|f| f.blob_id).collect();
+    check_in_order(config, &options).await
+}
+
+/// Runs a whole check in process with any options, asserts that the
+/// findings come in ascending id order, once each, and returns them sorted,
+/// with the summary.
+pub async fn check_in_order(config: &Config, options: &CheckOptions) -> (Vec<Exact>, Summary) {
+    let (text, summary) = check_jsonl(config, options).await;
+    let mut findings = parse_jsonl(&text);
     assert!(
-        in_order.windows(2).all(|w| w[0] < w[1]),
+        findings.windows(2).all(|w| w[0].blob_id < w[1].blob_id),
         "findings come in ascending id order, once each"
     );
-    let mut findings = parse_jsonl(&text);
     findings.sort();
     (findings, summary)
 }
