@@ -490,6 +490,7 @@ impl Run<'_> {
                         Checked::Exact => self.sketch.exact += 1,
                         Checked::SketchClean => self.sketch.clean += 1,
                         Checked::SketchLocated => self.sketch.located += 1,
+                        Checked::SketchRows => self.sketch.partly_rows += 1,
                     }
                     state.blob_rows += outcome.blobs;
                     let mut rows = outcome.blobs;

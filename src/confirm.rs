@@ -567,7 +567,7 @@ mod tests {
             &self,
             _: usize,
             _: crate::plan::IdRange,
-        ) -> Result<crate::sketch::Moments> {
+        ) -> Result<Option<crate::sketch::Moments>> {
             unreachable!()
         }
         async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
@@ -613,6 +613,7 @@ mod tests {
                 columns: vec![BTreeMap::from([(1, 2), (2, 2), (3, 1)])],
                 largest_batch: AtomicU64::new(0),
                 blob_batches: AtomicU64::new(0),
+                blob_sketches: Mutex::default(),
             }),
             reads: AtomicU64::new(0),
             change: Box::new(|n, data| {
@@ -667,6 +668,7 @@ mod tests {
                 columns: vec![BTreeMap::from([(7, 1)])],
                 largest_batch: AtomicU64::new(0),
                 blob_batches: AtomicU64::new(0),
+                blob_sketches: Mutex::default(),
             }),
             reads: AtomicU64::new(0),
             change: Box::new(|n, data| {

@@ -57,9 +57,12 @@ pub struct Summary {
 pub struct SketchCounts {
     /// Chunks the sums showed consistent.
     pub clean: u64,
-    /// Chunks whose sums located their one inconsistent id.
+    /// Chunks whose sums located every inconsistent id (halving the chunk
+    /// where needed).
     pub located: u64,
-    /// Chunks read row by row: the sums did not settle them, or the id
+    /// Chunks with pieces the sums did not settle, read row by row.
+    pub partly_rows: u64,
+    /// Chunks read row by row: a sum was too large to trust, or the id
     /// space was too sparse to sketch.
     pub exact: u64,
 }
@@ -437,9 +440,10 @@ pub fn summary_text(summary: &Summary) -> String {
     if let Some(sketch) = &summary.sketch {
         let _ = writeln!(
             s,
-            "  method       sketch: {} chunks consistent by their sums, {} with one inconsistency located by them, {} read row by row",
+            "  method       sketch: {} chunks consistent by their sums, {} with their inconsistencies located by them, {} read in part row by row, {} read row by row",
             thousands(sketch.clean),
             thousands(sketch.located),
+            thousands(sketch.partly_rows),
             thousands(sketch.exact)
         );
     }

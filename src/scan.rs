@@ -65,17 +65,17 @@ pub trait Source: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(u64, u64)>>> + Send;
 
     /// The blob table's moments over `range` (at most `sketch::MAX_SPAN`
-    /// ids), `None` when the server refuses a product above 2⁶⁴ − 1 (a
-    /// stored count of 2²⁴ or more).
+    /// ids), `None` when a sum reaches `sketch::EXACT_LIMIT` and may have
+    /// been rounded.
     fn blob_sketch(&self, range: IdRange) -> impl Future<Output = Result<Option<Moments>>> + Send;
 
     /// One reference column's moments over `range` (at most
-    /// `sketch::MAX_SPAN` ids).
+    /// `sketch::MAX_SPAN` ids), `None` as for `blob_sketch`.
     fn reference_sketch(
         &self,
         column: usize,
         range: IdRange,
-    ) -> impl Future<Output = Result<Moments>> + Send;
+    ) -> impl Future<Output = Result<Option<Moments>>> + Send;
 
     fn column_count(&self) -> usize;
 }
@@ -167,8 +167,11 @@ pub enum Checked {
     Exact,
     /// By its sums, which showed it consistent.
     SketchClean,
-    /// By its sums, which located one inconsistent id, read exactly.
+    /// By its sums, which located every inconsistent id (halving the
+    /// range where needed), each read exactly.
     SketchLocated,
+    /// By its sums, with pieces they did not settle read row by row.
+    SketchRows,
 }
 
 /// Reads the next chunk of blob rows starting at `start`, which is at most
@@ -273,57 +276,202 @@ fn most_rows(outcome: &ChunkOutcome) -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks `range` by its sketch (see `sketch`), falling back to an exact
-/// read of its first chunk where the sketch does not settle it.
-async fn sketch_range<S: Source>(
-    source: &S,
-    range: IdRange,
-    limit: u64,
-    hot_threshold: u64,
-) -> Result<(ChunkOutcome, Vec<Work>)> {
-    let fallback = || exact_part(source, range, limit, hot_threshold);
-    let span = span_of(range);
-    if span > sketch::MAX_SPAN {
-        return fallback().await;
-    }
+/// A piece of a sketched chunk that its sums do not settle is halved while
+/// it holds more than this many rows (blob rows and references together),
+/// and read row by row below. A quarter of `--sketch-rows` (2048 rows by
+/// default): the client decodes that many rows in about a millisecond, about
+/// what one more round of sketch queries costs the servers.
+fn split_min_rows(target_rows: u64) -> u64 {
+    (target_rows / 4).max(1)
+}
+
+/// The blob table's and all reference columns' moments over `range`, `None`
+/// where a sum is too large to be trusted exact.
+async fn sketch_moments<S: Source>(source: &S, range: IdRange) -> Result<Option<Piece>> {
     let (blobs, columns) = tokio::try_join!(
         source.blob_sketch(range),
         try_join_all(
             (0..source.column_count()).map(|column| source.reference_sketch(column, range))
         ),
     )?;
-    let Some(blobs) = blobs else {
-        return fallback().await;
+    let (Some(blobs), Some(columns)) = (blobs, columns.into_iter().collect::<Option<Vec<_>>>())
+    else {
+        return Ok(None);
     };
     let references = columns
         .iter()
         .fold(Moments::default(), |total, column| total.plus(column));
+    Ok(Some(Piece {
+        range,
+        blobs,
+        references,
+        columns: columns.iter().map(|column| column.rows).collect(),
+    }))
+}
+
+/// A piece of a sketched chunk with its moments, `t` counted from the
+/// piece's start.
+struct Piece {
+    range: IdRange,
+    blobs: Moments,
+    references: Moments,
+    /// References per column (known for sketched pieces only; empty for a
+    /// derived one).
+    columns: Vec<u64>,
+}
+
+impl Piece {
+    /// The piece cut at `mid` into the given first half (sketched) and the
+    /// second half, derived by subtraction: no query. `None` when the
+    /// subtraction does not come out (the rows changed between the two
+    /// sketches).
+    fn second_half(&self, first: &Piece) -> Option<Piece> {
+        let delta = first.range.end - self.range.start + 1;
+        Some(Piece {
+            range: IdRange::new(first.range.end + 1, self.range.end),
+            blobs: self.blobs.minus(&first.blobs)?.shifted(delta)?,
+            references: self.references.minus(&first.references)?.shifted(delta)?,
+            columns: Vec::new(),
+        })
+    }
+}
+
+/// What the sums settled of a chunk.
+#[derive(Default)]
+struct Settled {
+    /// One id per piece, with the difference the sums put on it.
+    located: Vec<(IdRange, u64, i128)>,
+    /// Pieces the sums did not settle, to read row by row, in id order.
+    unsettled: Vec<IdRange>,
+}
+
+/// Decides `top` by its sums; where they do not settle a piece, halves it
+/// (sketching the first half and deriving the second) until every piece is
+/// clean, has one located id, or is small enough to read row by row.
+/// Pieces come out in id order.
+async fn settle<S: Source>(source: &S, top: Piece, min_rows: u64) -> Result<Settled> {
+    let mut settled = Settled::default();
+    let mut stack = vec![top];
+    while let Some(piece) = stack.pop() {
+        let span = span_of(piece.range);
+        match sketch::decide(piece.range.start, span, &piece.blobs, &piece.references) {
+            Verdict::Clean => {}
+            Verdict::Single { id, difference } => {
+                settled.located.push((piece.range, id, difference));
+            }
+            Verdict::Unresolved
+                if span < 2 || piece.blobs.rows + piece.references.rows <= min_rows =>
+            {
+                settled.unsettled.push(piece.range);
+            }
+            Verdict::Unresolved => {
+                let first = IdRange::new(piece.range.start, piece.range.start + span / 2 - 1);
+                match sketch_moments(source, first).await? {
+                    Some(first) => match piece.second_half(&first) {
+                        Some(second) => {
+                            stack.push(second);
+                            stack.push(first);
+                        }
+                        None => settled.unsettled.push(piece.range),
+                    },
+                    None => settled.unsettled.push(piece.range),
+                }
+            }
+        }
+    }
+    Ok(settled)
+}
+
+/// Reads all of `range` row by row, as the exact method does, adding its
+/// findings and busy ids to `outcome`.
+async fn read_rows<S: Source>(
+    source: &S,
+    range: IdRange,
+    limit: u64,
+    hot_threshold: u64,
+    outcome: &mut ChunkOutcome,
+) -> Result<()> {
+    let mut start = range.start;
+    loop {
+        let mut chunk = plan_chunk(source, start, range, limit).await?;
+        let chunk_end = chunk.range.end;
+        loop {
+            let (part, rest) = check_chunk(source, chunk, hot_threshold).await?;
+            outcome.findings.extend(part.findings);
+            outcome.watch.extend(part.watch);
+            match rest {
+                Some(rest) => chunk = rest,
+                None => break,
+            }
+        }
+        match chunk_end.checked_add(1) {
+            Some(next) if chunk_end < range.end => start = next,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Checks `range` by its sketch (see `sketch`): pieces the sums do not
+/// settle are halved and sketched again, ids they locate are read exactly,
+/// and what is left is read row by row. Where a sum is too large to trust,
+/// the range's first chunk is read row by row and the rest handed back.
+async fn sketch_range<S: Source>(
+    source: &S,
+    range: IdRange,
+    limit: u64,
+    hot_threshold: u64,
+    split_min_rows: u64,
+) -> Result<(ChunkOutcome, Vec<Work>)> {
+    let fallback = || exact_part(source, range, limit, hot_threshold);
+    if span_of(range) > sketch::MAX_SPAN {
+        return fallback().await;
+    }
+    let Some(top) = sketch_moments(source, range).await? else {
+        return fallback().await;
+    };
     let mut outcome = ChunkOutcome {
         range,
         findings: Vec::new(),
-        blobs: blobs.rows,
-        references: columns.iter().map(|column| column.rows).collect(),
+        blobs: top.blobs.rows,
+        references: top.columns.clone(),
         watch: Vec::new(),
         read_at: Instant::now(),
         checked: Checked::SketchClean,
     };
-    match sketch::decide(range.start, span, &blobs, &references) {
-        Verdict::Clean => Ok((outcome, Vec::new())),
-        Verdict::Single { id, difference } => {
-            // The same stable point read confirmation uses: a read during
-            // which the stored count moved is not trusted.
-            match crate::confirm::read_points(source, &[id]).await?.pop() {
-                Some((finding, true)) if finding.difference() == difference => {
-                    outcome.findings.push(finding);
-                    outcome.read_at = Instant::now();
-                    outcome.checked = Checked::SketchLocated;
-                    Ok((outcome, Vec::new()))
-                }
-                _ => fallback().await,
+    let Settled {
+        located,
+        mut unsettled,
+    } = settle(source, top, split_min_rows).await?;
+    if !located.is_empty() {
+        // The same stable point read confirmation uses: a read during which
+        // the stored count moved is not trusted, nor a difference other than
+        // the one the sums put on the id.
+        let ids: Vec<u64> = located.iter().map(|&(_, id, _)| id).collect();
+        let reads = crate::confirm::read_points(source, &ids).await?;
+        for ((piece, _, difference), (finding, stable)) in located.into_iter().zip(reads) {
+            if stable && finding.difference() == difference {
+                outcome.findings.push(finding);
+            } else {
+                unsettled.push(piece);
             }
         }
-        Verdict::Unresolved => fallback().await,
+        outcome.checked = Checked::SketchLocated;
     }
+    if !unsettled.is_empty() {
+        unsettled.sort_unstable_by_key(|piece| piece.start);
+        for piece in unsettled {
+            read_rows(source, piece, limit, hot_threshold, &mut outcome).await?;
+        }
+        outcome
+            .findings
+            .sort_unstable_by_key(|finding| finding.blob_id);
+        outcome
+            .watch
+            .sort_unstable_by_key(|finding| finding.blob_id);
+        outcome.checked = Checked::SketchRows;
+    }
+    outcome.read_at = Instant::now();
+    Ok((outcome, Vec::new()))
 }
 
 /// Scans `range`, sending each chunk's outcome to `outcomes` in ascending
@@ -348,6 +496,10 @@ pub async fn scan<S: Source>(
         Method::Sketch { target_rows } => target_rows,
         Method::Exact => options.chunk_size,
     })));
+    let split_min_rows = match options.method {
+        Method::Sketch { target_rows } => split_min_rows(target_rows),
+        Method::Exact => 0,
+    };
     let spawn_work = |tasks: &mut JoinSet<_>, work: Work| {
         let source = Arc::clone(&source);
         let sizer = Arc::clone(&sizer);
@@ -363,7 +515,7 @@ pub async fn scan<S: Source>(
                 }
                 Work::Sketch(range) => {
                     let limit = sizer.lock().unwrap().size();
-                    sketch_range(&*source, range, limit, hot_threshold).await?
+                    sketch_range(&*source, range, limit, hot_threshold, split_min_rows).await?
                 }
             };
             // How many ids hold how many rows, for the sketch's next spans.
@@ -481,6 +633,8 @@ pub(crate) mod tests {
         pub largest_batch: AtomicU64,
         /// Blob batches read: chunks read exactly.
         pub blob_batches: AtomicU64,
+        /// The ranges of the blob sketches read: chunks and halves.
+        pub blob_sketches: Mutex<Vec<IdRange>>,
     }
 
     fn batch(map: &BTreeMap<u64, u64>, range: IdRange, limit: u64) -> Vec<(u64, u64)> {
@@ -521,13 +675,14 @@ pub(crate) mod tests {
         }
         async fn blob_sketch(&self, range: IdRange) -> Result<Option<Moments>> {
             assert!(range.end - range.start < sketch::MAX_SPAN);
+            self.blob_sketches.lock().unwrap().push(range);
             let rows = self
                 .blobs
                 .range(range.start..=range.end)
                 .map(|(&k, &v)| (k, v));
             Ok(Moments::of_blobs(range.start, rows))
         }
-        async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Moments> {
+        async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Option<Moments>> {
             assert!(range.end - range.start < sketch::MAX_SPAN);
             let rows = self.columns[column]
                 .range(range.start..=range.end)
@@ -618,6 +773,7 @@ pub(crate) mod tests {
             columns: columns.to_vec(),
             largest_batch: AtomicU64::new(0),
             blob_batches: AtomicU64::new(0),
+            blob_sketches: Mutex::default(),
         }
     }
 
@@ -789,28 +945,51 @@ pub(crate) mod tests {
     }
 
     /// The sketch clears clean chunks and locates a lone fault without
-    /// reading a chunk row by row; two faults in one chunk make it read
-    /// that chunk exactly.
+    /// reading a chunk row by row; two faults in one chunk are located by
+    /// halving it, unless they lie so close together that the piece holding
+    /// both is small enough to read row by row.
     #[test]
     fn sketch_reads_exactly_only_what_its_sums_do_not_settle() {
         let blobs: BTreeMap<u64, u64> = (1000u64..11_000).map(|id| (id, 1)).collect();
         let clean: BTreeMap<u64, u64> = blobs.clone();
+        // (findings, blob batches read row by row, halves sketched)
         let sketch = |columns: Vec<BTreeMap<u64, u64>>| {
             let source = Arc::new(source(&blobs, &columns));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
+            // The first chunk is [0, 9999]; pieces of 2500 rows or fewer
+            // (about 1250 ids here) are read row by row.
             let options = ScanOptions {
-                method: Method::Sketch { target_rows: 1000 },
+                method: Method::Sketch {
+                    target_rows: 10_000,
+                },
                 ..ScanOptions::fixed(500, 2)
             };
             let outcomes = collect(&runtime, Arc::clone(&source), IdRange::ALL, options);
-            let findings: Vec<Finding> = outcomes.into_iter().flat_map(|o| o.findings).collect();
-            (findings, source.blob_batches.load(Ordering::Relaxed))
+            let findings: Vec<u64> = outcomes
+                .into_iter()
+                .flat_map(|o| o.findings)
+                .map(|f| f.blob_id)
+                .collect();
+            let halves: Vec<(u64, u64)> = source
+                .blob_sketches
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.end < 10_000 && r.end != 9_999)
+                .map(|r| (r.start, r.end))
+                .collect();
+            (
+                findings,
+                source.blob_batches.load(Ordering::Relaxed),
+                halves,
+            )
         };
 
-        let (findings, exact) = sketch(vec![clean.clone()]);
+        let (findings, exact, halves) = sketch(vec![clean.clone()]);
         assert!(findings.is_empty());
+        assert!(halves.is_empty());
         // Only the stretch from the last blob to 2⁶⁴ − 1, too long to sketch,
         // is read exactly: the span grows eightfold per empty chunk until
         // the planner reads the rest as one exact chunk.
@@ -818,20 +997,36 @@ pub(crate) mod tests {
 
         let mut one = clean.clone();
         one.insert(5_000, 3);
-        let (findings, exact_one) = sketch(vec![one]);
-        assert_eq!(findings.len(), 1);
-        assert_eq!((findings[0].blob_id, findings[0].actual), (5_000, 3));
+        let (findings, exact_one, halves) = sketch(vec![one]);
+        assert_eq!(findings, vec![5_000]);
         assert_eq!(exact_one, exact, "a lone fault is located by the sums");
+        assert!(halves.is_empty());
 
-        let mut two = clean;
-        two.insert(5_000, 3);
-        two.remove(&5_002);
-        let (findings, exact_two) = sketch(vec![two]);
+        let mut apart = clean.clone();
+        apart.insert(3_000, 3);
+        apart.remove(&8_000);
+        let (findings, exact_apart, halves) = sketch(vec![apart]);
+        assert_eq!(findings, vec![3_000, 8_000]);
         assert_eq!(
-            findings.iter().map(|f| f.blob_id).collect::<Vec<_>>(),
-            vec![5_000, 5_002]
+            exact_apart, exact,
+            "two faults apart are located by halving"
         );
-        assert!(exact_two > exact, "two faults in a chunk are read exactly");
+        assert_eq!(halves, vec![(0, 4_999)], "[5000, 9999] is derived");
+
+        let mut close = clean;
+        close.insert(5_000, 3);
+        close.remove(&5_002);
+        let (findings, exact_close, halves) = sketch(vec![close]);
+        assert_eq!(findings, vec![5_000, 5_002]);
+        assert!(
+            exact_close > exact,
+            "two faults close together are read exactly"
+        );
+        // [5000, 6249] holds 2501 rows, so it is halved once more.
+        assert_eq!(
+            halves,
+            vec![(0, 4_999), (5_000, 7_499), (5_000, 6_249), (5_000, 5_624)]
+        );
     }
 
     #[test]

@@ -23,13 +23,26 @@
 //!   reads every chunk.
 //!
 //! The server does the summing, so a clean chunk costs one short row per
-//! table instead of one row per id. `BENCHMARKS.md` has the measurements.
+//! table instead of one row per id. It sums in DOUBLE, which MariaDB and
+//! MySQL evaluate about a fifth faster than the DECIMAL sums of integers,
+//! and which is still exact here: every term `w·tʲ` is a non-negative
+//! integer, so while a sum stays below 2⁵³ every term and partial sum is
+//! represented exactly, and once the true sum reaches 2⁵³ the rounded one
+//! cannot fall back below it (rounding is monotone and no term is
+//! negative). A sum at or above `EXACT_LIMIT` is therefore not trusted and
+//! the chunk is read row by row; below it the sum is exact.
+//! `BENCHMARKS.md` has the measurements.
 
 /// The largest `hi − lo + 1` a sketch covers: `t < 2²⁰` keeps `t²` below
-/// 2⁴⁰, so `count · t²` fits the server's BIGINT UNSIGNED for any count
-/// below 2²⁴ (a larger count makes the server refuse the product, and the
-/// chunk is read row by row instead).
+/// 2⁴⁰, so that the sums of a chunk of a few thousand rows stay far below
+/// `EXACT_LIMIT`.
 pub const MAX_SPAN: u64 = 1 << 20;
+
+/// Sums at or above this are not trusted (see the module comment). It is
+/// 10¹⁵ rather than 2⁵³ because a server that prints DOUBLE results in the
+/// text protocol with 15 significant digits (`%.15g`) still prints every
+/// integer below 10¹⁵ digit for digit.
+pub const EXACT_LIMIT: u128 = 1_000_000_000_000_000;
 
 /// The three sums one table returns for a chunk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,36 +57,83 @@ pub struct Moments {
 impl Moments {
     /// The blob table's moments from explicit `(id, stored count)` rows of a
     /// chunk starting at `lo` and at most `MAX_SPAN` long, as the server
-    /// computes them (for tests and the in-memory source): `None` where the
-    /// server would refuse a product above 2⁶⁴ − 1.
+    /// answers (for tests and the in-memory source): `None` where a sum
+    /// reaches `EXACT_LIMIT`.
     pub fn of_blobs(lo: u64, rows: impl IntoIterator<Item = (u64, u64)>) -> Option<Moments> {
         let mut moments = Moments::default();
         for (id, count) in rows {
-            let t = id - lo;
-            count.checked_mul(t.checked_mul(t)?)?;
             moments.rows += 1;
-            moments.add(t, count);
+            moments.add(id - lo, count);
         }
-        Some(moments)
+        moments.exact()
     }
 
     /// A reference column's moments from `(id, number of referencing rows)`
-    /// of a chunk starting at `lo` and at most `MAX_SPAN` long. The server
-    /// sums `t` and `t²` row by row, so nothing overflows.
-    pub fn of_references(lo: u64, rows: impl IntoIterator<Item = (u64, u64)>) -> Moments {
+    /// of a chunk starting at `lo` and at most `MAX_SPAN` long: `None` where
+    /// a sum reaches `EXACT_LIMIT`.
+    pub fn of_references(lo: u64, rows: impl IntoIterator<Item = (u64, u64)>) -> Option<Moments> {
         let mut moments = Moments::default();
         for (id, n) in rows {
             moments.rows += n;
             moments.add(id - lo, n);
         }
-        moments
+        moments.exact()
+    }
+
+    fn exact(self) -> Option<Moments> {
+        self.sums
+            .iter()
+            .all(|&sum| sum < EXACT_LIMIT)
+            .then_some(self)
     }
 
     fn add(&mut self, t: u64, weight: u64) {
+        // Saturating: a product past u128 (a count near 2⁶⁴ at t near 2²⁰)
+        // is far above `EXACT_LIMIT` either way.
         let (t, w) = (u128::from(t), u128::from(weight));
-        self.sums[0] += w;
-        self.sums[1] += w * t;
-        self.sums[2] += w * t * t;
+        let terms = [
+            w,
+            w.saturating_mul(t),
+            w.saturating_mul(t).saturating_mul(t),
+        ];
+        for (sum, term) in self.sums.iter_mut().zip(terms) {
+            *sum = sum.saturating_add(term);
+        }
+    }
+
+    /// These moments less `other`'s, taken over part of the same rows
+    /// with the same origin; `None` where a sum would go negative (the rows
+    /// changed between the two reads).
+    pub fn minus(&self, other: &Moments) -> Option<Moments> {
+        Some(Moments {
+            rows: self.rows.checked_sub(other.rows)?,
+            sums: [
+                self.sums[0].checked_sub(other.sums[0])?,
+                self.sums[1].checked_sub(other.sums[1])?,
+                self.sums[2].checked_sub(other.sums[2])?,
+            ],
+        })
+    }
+
+    /// These moments with the origin moved up by `delta`, for rows that all
+    /// lie at or after it: `Σ w·(t−δ) = S₁ − δ·S₀` and
+    /// `Σ w·(t−δ)² = S₂ − 2δ·S₁ + δ²·S₀`. `None` where that does not come
+    /// out non-negative (no such rows can give it).
+    pub fn shifted(&self, delta: u64) -> Option<Moments> {
+        let [s0, s1, s2] = self.sums.map(i128::try_from);
+        let (s0, s1, s2, d) = (s0.ok()?, s1.ok()?, s2.ok()?, i128::from(delta));
+        let first = s1.checked_sub(d.checked_mul(s0)?)?;
+        let second = s2
+            .checked_sub(d.checked_mul(2)?.checked_mul(s1)?)?
+            .checked_add(d.checked_mul(d)?.checked_mul(s0)?)?;
+        Some(Moments {
+            rows: self.rows,
+            sums: [
+                self.sums[0],
+                u128::try_from(first).ok()?,
+                u128::try_from(second).ok()?,
+            ],
+        })
     }
 
     /// These moments with a reference column's added.
@@ -181,7 +241,8 @@ mod tests {
                 ids.iter()
                     .filter(|(_, (_, a))| *a > 0)
                     .map(|(&id, &(_, a))| (id, a)),
-            ),
+            )
+            .unwrap(),
         )
     }
 

@@ -372,8 +372,9 @@ async fn generated_larger_data_set() {
     .await;
 }
 
-/// Counts near 2⁶⁴ make the server refuse a sketch's products (error 1690):
-/// those chunks are read exactly, and the findings stay exact.
+/// Counts near 2⁶⁴ make a sketch's sums far too large to trust
+/// (`sketch::EXACT_LIMIT`): those chunks are read exactly, and the findings
+/// stay exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sketch_with_counts_too_large_to_sum() {
     let mut data = Dataset::generate("gen_huge_counts", 7, 2_000);
@@ -382,6 +383,117 @@ async fn sketch_with_counts_too_large_to_sum() {
         data.blobs.insert(id, u64::MAX - id % 3);
     }
     load_and_check_with_sketches(data, &[(500, 2)], &[(16, 2), (300, 3)], true).await;
+}
+
+/// The servers sum sketches in DOUBLE. At the edge of what is trusted, over
+/// both protocols: a chunk whose largest sum is just below
+/// `sketch::EXACT_LIMIT` returns exactly the sums of the rows loaded, and a
+/// chunk with a sum just above it is not trusted (`None`), for the blob
+/// table and for a reference column alike. A whole check of the same rows
+/// still finds exactly the brute-force answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sketch_sums_are_exact_up_to_the_limit() {
+    use blobcheck::db::{Databases, DbSource, Protocol, inspect};
+    use blobcheck::scan::Source;
+    use blobcheck::sketch::{EXACT_LIMIT, MAX_SPAN, Moments};
+
+    // Trusted: 909 · (2²⁰ − 1)² = 999,454,163,338,125 (plus small terms) in
+    // the blob sums and in Body's: 909 messages have their Body at the
+    // chunk's last id and their Header near its start.
+    let trusted = IdRange::new(u64::MAX - (MAX_SPAN - 1), u64::MAX);
+    // Untrusted: 910 · (2²⁰ − 1)² > 10¹⁵, in the blob sums and in Body's,
+    // while the other columns' stay small.
+    let untrusted = IdRange::new(1 << 63, (1 << 63) + MAX_SPAN - 1);
+    let mut data = Dataset {
+        name: "gen_sum_limit".into(),
+        blobs: BTreeMap::new(),
+        sent: Vec::new(),
+        messages: Vec::new(),
+        attachments: Vec::new(),
+    };
+    for (range, hot) in [(trusted, 909), (untrusted, 910)] {
+        for k in 0..50u64 {
+            let id = range.start + k * 3;
+            data.blobs.insert(id, k % 7 + 1);
+            for _ in 0..k % 7 + 1 {
+                if k % 2 == 0 {
+                    data.sent.push(Some(id));
+                } else {
+                    data.attachments.push(Some(id));
+                }
+            }
+        }
+        data.blobs.insert(range.end, hot);
+        data.blobs.insert(range.start + 1, hot);
+        data.messages.extend(std::iter::repeat_n(
+            (range.end, range.start + 1),
+            hot as usize,
+        ));
+    }
+    // One fault in each range, so the check has something to find.
+    *data.blobs.get_mut(&(trusted.start + 3)).unwrap() += 1;
+    data.sent.push(Some(untrusted.start + 1));
+    let data = tokio::task::spawn_blocking(move || {
+        data.load();
+        data
+    })
+    .await
+    .unwrap();
+    let config = data.config();
+    let references = data.references();
+
+    let largest = |m: &Moments| m.sums.iter().copied().max().unwrap();
+    for protocol in [Protocol::Binary, Protocol::Text] {
+        let databases = Databases::connect(&config, 4).await.unwrap();
+        let schema = inspect(&config, &databases).await.unwrap();
+        let source = DbSource {
+            protocol,
+            ..DbSource::new(databases, schema)
+        };
+        let blobs_in = |range: IdRange| {
+            data.blobs
+                .range(range.start..=range.end)
+                .map(|(&id, &n)| (id, n))
+        };
+        let column_in = |range: IdRange, column: usize| {
+            references
+                .range(range.start..=range.end)
+                .map(move |(&id, per_column)| (id, per_column[column]))
+                .filter(|&(_, n)| n > 0)
+        };
+
+        let expected = Moments::of_blobs(trusted.start, blobs_in(trusted)).unwrap();
+        assert!(largest(&expected) > EXACT_LIMIT * 99 / 100);
+        let got = source.blob_sketch(trusted).await.unwrap();
+        assert_eq!(got, Some(expected), "{protocol:?}");
+        for (column, label) in LABELS.iter().enumerate() {
+            let expected =
+                Moments::of_references(trusted.start, column_in(trusted, column)).unwrap();
+            let got = source.reference_sketch(column, trusted).await.unwrap();
+            assert_eq!(got, Some(expected), "{protocol:?} {label}");
+        }
+
+        assert_eq!(
+            Moments::of_blobs(untrusted.start, blobs_in(untrusted)),
+            None
+        );
+        let got = source.blob_sketch(untrusted).await.unwrap();
+        assert_eq!(got, None, "{protocol:?}");
+        for (column, label) in LABELS.iter().enumerate() {
+            let expected = Moments::of_references(untrusted.start, column_in(untrusted, column));
+            assert_eq!(expected.is_none(), *label == "body");
+            let got = source.reference_sketch(column, untrusted).await.unwrap();
+            assert_eq!(got, expected, "{protocol:?} {label}");
+        }
+        source.databases.disconnect().await;
+    }
+
+    let expected = data.expected();
+    assert_eq!(expected.len(), 2);
+    for target_rows in [16, 4096] {
+        let (findings, _) = common::check_sketch(&config, target_rows, 500, 2).await;
+        assert_eq!(findings, expected, "sketch rows {target_rows}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
