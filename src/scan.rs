@@ -341,14 +341,45 @@ impl Piece {
 struct Settled {
     /// One id per piece, with the difference the sums put on it.
     located: Vec<(IdRange, u64, i128)>,
+    /// Findings of pieces whose sums two ids explained, already read.
+    found: Vec<Finding>,
     /// Pieces the sums did not settle, to read row by row, in id order.
     unsettled: Vec<IdRange>,
 }
 
-/// Decides `top` by its sums; where they do not settle a piece, halves it
-/// (sketching the first half and deriving the second) until every piece is
-/// clean, has one located id, or is small enough to read row by row.
-/// Pieces come out in id order.
+/// The two inconsistent ids that explain `piece`'s sums (`sketch::pairs`),
+/// read exactly with the stable point read confirmation uses: `None` unless
+/// exactly one candidate pair reads with the differences the sums put on it.
+/// Such a pair accounts for all three moments, so what is left of the piece
+/// is as settled as a clean piece.
+async fn read_pair<S: Source>(source: &S, piece: &Piece) -> Result<Option<[Finding; 2]>> {
+    let span = span_of(piece.range);
+    let offered = sketch::pairs(piece.range.start, span, &piece.blobs, &piece.references);
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    let mut ids: Vec<u64> = offered.iter().flatten().map(|&(id, _)| id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let reads = crate::confirm::read_points(source, &ids).await?;
+    let read_as = |id: u64, difference: i128| {
+        let (finding, stable) = &reads[ids.binary_search(&id).ok()?];
+        (*stable && finding.difference() == difference).then(|| finding.clone())
+    };
+    let mut confirmed = offered
+        .iter()
+        .filter_map(|&[(a, da), (b, db)]| Some([read_as(a, da)?, read_as(b, db)?]));
+    match (confirmed.next(), confirmed.next()) {
+        (Some(pair), None) => Ok(Some(pair)),
+        _ => Ok(None),
+    }
+}
+
+/// Decides `top` by its sums; where they do not settle a piece and no pair
+/// of ids explains them, halves it (sketching the first half and deriving
+/// the second) until every piece is clean, has its one or two inconsistent
+/// ids located, or is small enough to read row by row. Pieces come out in
+/// id order.
 async fn settle<S: Source>(source: &S, top: Piece, min_rows: u64) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut stack = vec![top];
@@ -358,6 +389,9 @@ async fn settle<S: Source>(source: &S, top: Piece, min_rows: u64) -> Result<Sett
             Verdict::Clean => {}
             Verdict::Single { id, difference } => {
                 settled.located.push((piece.range, id, difference));
+            }
+            Verdict::Unresolved if let Some(pair) = read_pair(source, &piece).await? => {
+                settled.found.extend(pair);
             }
             Verdict::Unresolved
                 if span < 2 || piece.blobs.rows + piece.references.rows <= min_rows =>
@@ -440,8 +474,13 @@ async fn sketch_range<S: Source>(
     };
     let Settled {
         located,
+        found,
         mut unsettled,
     } = settle(source, top, split_min_rows).await?;
+    if !found.is_empty() {
+        outcome.findings.extend(found);
+        outcome.checked = Checked::SketchLocated;
+    }
     if !located.is_empty() {
         // The same stable point read confirmation uses: a read during which
         // the stored count moved is not trusted, nor a difference other than
@@ -463,13 +502,13 @@ async fn sketch_range<S: Source>(
             read_rows(source, piece, limit, hot_threshold, &mut outcome).await?;
         }
         outcome
-            .findings
-            .sort_unstable_by_key(|finding| finding.blob_id);
-        outcome
             .watch
             .sort_unstable_by_key(|finding| finding.blob_id);
         outcome.checked = Checked::SketchRows;
     }
+    outcome
+        .findings
+        .sort_unstable_by_key(|finding| finding.blob_id);
     outcome.read_at = Instant::now();
     Ok((outcome, Vec::new()))
 }
@@ -944,10 +983,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// The sketch clears clean chunks and locates a lone fault without
-    /// reading a chunk row by row; two faults in one chunk are located by
+    /// The sketch clears clean chunks and locates one or two faults without
+    /// reading a chunk row by row; three faults in one chunk are located by
     /// halving it, unless they lie so close together that the piece holding
-    /// both is small enough to read row by row.
+    /// them is small enough to read row by row.
     #[test]
     fn sketch_reads_exactly_only_what_its_sums_do_not_settle() {
         let blobs: BTreeMap<u64, u64> = (1000u64..11_000).map(|id| (id, 1)).collect();
@@ -1002,25 +1041,32 @@ pub(crate) mod tests {
         assert_eq!(exact_one, exact, "a lone fault is located by the sums");
         assert!(halves.is_empty());
 
+        let mut two = clean.clone();
+        two.insert(5_000, 3);
+        two.remove(&5_002);
+        let (findings, exact_two, halves) = sketch(vec![two]);
+        assert_eq!(findings, vec![5_000, 5_002]);
+        assert_eq!(exact_two, exact, "two faults are located by the sums");
+        assert!(halves.is_empty());
+
         let mut apart = clean.clone();
-        apart.insert(3_000, 3);
+        apart.insert(2_000, 2);
+        apart.insert(5_000, 3);
         apart.remove(&8_000);
         let (findings, exact_apart, halves) = sketch(vec![apart]);
-        assert_eq!(findings, vec![3_000, 8_000]);
-        assert_eq!(
-            exact_apart, exact,
-            "two faults apart are located by halving"
-        );
+        assert_eq!(findings, vec![2_000, 5_000, 8_000]);
+        assert_eq!(exact_apart, exact, "three faults apart: located by halving");
         assert_eq!(halves, vec![(0, 4_999)], "[5000, 9999] is derived");
 
         let mut close = clean;
         close.insert(5_000, 3);
         close.remove(&5_002);
+        close.insert(5_004, 2);
         let (findings, exact_close, halves) = sketch(vec![close]);
-        assert_eq!(findings, vec![5_000, 5_002]);
+        assert_eq!(findings, vec![5_000, 5_002, 5_004]);
         assert!(
             exact_close > exact,
-            "two faults close together are read exactly"
+            "three faults close together are read exactly"
         );
         // [5000, 6249] holds 2501 rows, so it is halved once more.
         assert_eq!(
