@@ -18,8 +18,13 @@
 //!   the id at `lo + t` is a candidate, and the scan reads it exactly
 //!   (`confirm::read_points`, the stable point read confirmation uses).
 //!   When its real difference is `D₀`, what is left has three zero moments
-//!   (the case above); otherwise the chunk is read row by row.
-//! - **Anything else**: the chunk is read row by row, as `--method exact`
+//!   (the case above); otherwise the piece is read row by row.
+//! - **Anything else**: two ids with small differences may explain them
+//!   (`pairs`); their ids are read exactly, and a pair that reads as given
+//!   leaves three zero moments. Otherwise the scan halves the chunk (the
+//!   second half's moments are the chunk's less the first half's, shifted
+//!   to its start: `Moments::minus`, `Moments::shifted`) and decides each
+//!   half the same way, reading small pieces row by row, as `--method exact`
 //!   reads every chunk.
 //!
 //! The server does the summing, so a clean chunk costs one short row per
