@@ -321,10 +321,9 @@ struct Piece {
 }
 
 impl Piece {
-    /// The piece cut at `mid` into the given first half (sketched) and the
-    /// second half, derived by subtraction: no query. `None` when the
-    /// subtraction does not come out (the rows changed between the two
-    /// sketches).
+    /// What is left of this piece after `first`, its sketched first half:
+    /// derived by subtraction, no query. `None` when the subtraction does not
+    /// come out (the rows changed between the two sketches).
     fn second_half(&self, first: &Piece) -> Option<Piece> {
         let delta = first.range.end - self.range.start + 1;
         Some(Piece {
