@@ -798,17 +798,6 @@ fn value_text(value: Option<&mysql_async::Value>) -> String {
     }
 }
 
-/// A COUNT: a non-negative integer.
-fn value_count(value: Option<&mysql_async::Value>) -> Option<u64> {
-    use mysql_async::Value;
-    match value? {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        Value::UInt(n) => Some(*n),
-        Value::Bytes(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
 /// A sketch's DOUBLE sum as read.
 enum SketchSum {
     /// A whole number below `sketch::EXACT_LIMIT` (NULL, the sum of no rows,
@@ -951,37 +940,37 @@ impl DbSource {
     }
 
     /// Runs one sketch query (`blob_sketch_sql`, `reference_sketch_sql`):
-    /// `COUNT(*)` and the sums, which for a reference column (`weighed` is
-    /// false) start at `Σ t`, its `Σ 1` being the count. `Ok(None)` when a
-    /// sum is too large to be trusted exact (`sketch::EXACT_LIMIT`).
-    async fn moments(
-        &self,
-        server: usize,
-        query: Query,
-        what: &str,
-        weighed: bool,
-    ) -> Result<Option<Moments>> {
+    /// `COUNT(*)` and the sums. `Ok(None)` when a sum is too large to be
+    /// trusted exact (`sketch::EXACT_LIMIT`).
+    async fn moments(&self, server: usize, query: Query, what: &str) -> Result<Option<Moments>> {
         let name = &self.databases.servers[server].name;
         let rows = self.rows(server, &query).await?;
         let bad = |reason: &str| Error::Query {
             server: name.clone(),
             reason: format!("{what}: {reason}"),
         };
-        let [row] = rows.as_slice() else {
+        let Ok([mut row]) = <[Row; 1]>::try_from(rows) else {
             return Err(bad("a sketch query did not return one row"));
         };
-        let rows_read = value_count(row.as_ref(0))
-            .ok_or_else(|| bad("a sketch's COUNT is not a non-negative integer"))?;
+        let Some(Ok(rows_read)) = row.take_opt::<u64, _>(0) else {
+            return Err(bad("a sketch's COUNT is not a non-negative integer"));
+        };
         self.throttle.consume(rows_read).await;
-        let mut sums = [u128::from(rows_read); 3];
-        let first_summed = usize::from(!weighed);
-        for (j, sum) in sums.iter_mut().enumerate().skip(first_summed) {
-            match value_sketch_sum(row.as_ref(1 + j - first_summed)) {
-                Some(SketchSum::Exact(n)) => *sum = n,
+        let mut summed = Vec::with_capacity(3);
+        for column in 1..row.len() {
+            match value_sketch_sum(row.as_ref(column)) {
+                Some(SketchSum::Exact(n)) => summed.push(n),
                 Some(SketchSum::Untrusted) => return Ok(None),
                 None => return Err(bad("a sketch sum is not a non-negative whole number")),
             }
         }
+        // The blob table's query sums `Σ count` too; a reference column's
+        // `Σ 1` is its count.
+        let sums = match summed[..] {
+            [w, wt, wtt] => [w, wt, wtt],
+            [t, tt] => [u128::from(rows_read), t, tt],
+            _ => return Err(bad("a sketch query returned the wrong number of columns")),
+        };
         Ok(Some(Moments {
             rows: rows_read,
             sums,
@@ -1117,7 +1106,7 @@ impl Source for DbSource {
             || blob_sketch_statement(blobs),
             || sketch_params(range),
         );
-        self.moments(blobs.server, query, &what, true).await
+        self.moments(blobs.server, query, &what).await
     }
 
     async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Option<Moments>> {
@@ -1127,7 +1116,7 @@ impl Source for DbSource {
             || reference_sketch_statement(reference),
             || sketch_params(range),
         );
-        self.moments(reference.server, query, &reference.label, false)
+        self.moments(reference.server, query, &reference.label)
             .await
     }
 

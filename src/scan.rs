@@ -285,9 +285,13 @@ fn split_min_rows(target_rows: u64) -> u64 {
     (target_rows / 4).max(1)
 }
 
-/// The blob table's and all reference columns' moments over `range`, `None`
-/// where a sum is too large to be trusted exact.
-async fn sketch_moments<S: Source>(source: &S, range: IdRange) -> Result<Option<Piece>> {
+/// The blob table's and all reference columns' moments over `range`, with
+/// the references counted per column; `None` where a sum is too large to be
+/// trusted exact.
+async fn sketch_moments<S: Source>(
+    source: &S,
+    range: IdRange,
+) -> Result<Option<(Piece, Vec<u64>)>> {
     let (blobs, columns) = tokio::try_join!(
         source.blob_sketch(range),
         try_join_all(
@@ -301,12 +305,15 @@ async fn sketch_moments<S: Source>(source: &S, range: IdRange) -> Result<Option<
     let references = columns
         .iter()
         .fold(Moments::default(), |total, column| total.plus(column));
-    Ok(Some(Piece {
+    let piece = Piece {
         range,
         blobs,
         references,
-        columns: columns.iter().map(|column| column.rows).collect(),
-    }))
+    };
+    Ok(Some((
+        piece,
+        columns.iter().map(|column| column.rows).collect(),
+    )))
 }
 
 /// A piece of a sketched chunk with its moments, `t` counted from the
@@ -315,9 +322,6 @@ struct Piece {
     range: IdRange,
     blobs: Moments,
     references: Moments,
-    /// References per column (known for sketched pieces only; empty for a
-    /// derived one).
-    columns: Vec<u64>,
 }
 
 impl Piece {
@@ -330,7 +334,6 @@ impl Piece {
             range: IdRange::new(first.range.end + 1, self.range.end),
             blobs: self.blobs.minus(&first.blobs)?.shifted(delta)?,
             references: self.references.minus(&first.references)?.shifted(delta)?,
-            columns: Vec::new(),
         })
     }
 }
@@ -344,6 +347,14 @@ struct Settled {
     found: Vec<Finding>,
     /// Pieces the sums did not settle, to read row by row, in id order.
     unsettled: Vec<IdRange>,
+}
+
+/// The finding of a stable point read (`confirm::read_points`) of an id the
+/// sums located, if it shows exactly the difference they put on it: a read
+/// during which the stored count moved is not trusted, nor any other
+/// difference.
+fn located_as((finding, stable): (Finding, bool), difference: i128) -> Option<Finding> {
+    (stable && finding.difference() == difference).then_some(finding)
 }
 
 /// The two inconsistent ids that explain `piece`'s sums (`sketch::pairs`),
@@ -362,8 +373,7 @@ async fn read_pair<S: Source>(source: &S, piece: &Piece) -> Result<Option<[Findi
     ids.dedup();
     let reads = crate::confirm::read_points(source, &ids).await?;
     let read_as = |id: u64, difference: i128| {
-        let (finding, stable) = &reads[ids.binary_search(&id).ok()?];
-        (*stable && finding.difference() == difference).then(|| finding.clone())
+        located_as(reads[ids.binary_search(&id).ok()?].clone(), difference)
     };
     let mut confirmed = offered
         .iter()
@@ -400,7 +410,7 @@ async fn settle<S: Source>(source: &S, top: Piece, min_rows: u64) -> Result<Sett
             Verdict::Unresolved => {
                 let first = IdRange::new(piece.range.start, piece.range.start + span / 2 - 1);
                 match sketch_moments(source, first).await? {
-                    Some(first) => match piece.second_half(&first) {
+                    Some((first, _)) => match piece.second_half(&first) {
                         Some(second) => {
                             stack.push(second);
                             stack.push(first);
@@ -459,14 +469,14 @@ async fn sketch_range<S: Source>(
     if span_of(range) > sketch::MAX_SPAN {
         return fallback().await;
     }
-    let Some(top) = sketch_moments(source, range).await? else {
+    let Some((top, columns)) = sketch_moments(source, range).await? else {
         return fallback().await;
     };
     let mut outcome = ChunkOutcome {
         range,
         findings: Vec::new(),
         blobs: top.blobs.rows,
-        references: top.columns.clone(),
+        references: columns,
         watch: Vec::new(),
         read_at: Instant::now(),
         checked: Checked::SketchClean,
@@ -481,16 +491,12 @@ async fn sketch_range<S: Source>(
         outcome.checked = Checked::SketchLocated;
     }
     if !located.is_empty() {
-        // The same stable point read confirmation uses: a read during which
-        // the stored count moved is not trusted, nor a difference other than
-        // the one the sums put on the id.
         let ids: Vec<u64> = located.iter().map(|&(_, id, _)| id).collect();
         let reads = crate::confirm::read_points(source, &ids).await?;
-        for ((piece, _, difference), (finding, stable)) in located.into_iter().zip(reads) {
-            if stable && finding.difference() == difference {
-                outcome.findings.push(finding);
-            } else {
-                unsettled.push(piece);
+        for ((piece, _, difference), read) in located.into_iter().zip(reads) {
+            match located_as(read, difference) {
+                Some(finding) => outcome.findings.push(finding),
+                None => unsettled.push(piece),
             }
         }
         outcome.checked = Checked::SketchLocated;

@@ -281,6 +281,16 @@ name = "attachment"
         Config::parse(&text, std::path::Path::new("generated.toml")).unwrap()
     }
 
+    /// `load` on a blocking thread, handing the data set back.
+    async fn loaded(self) -> Dataset {
+        tokio::task::spawn_blocking(move || {
+            self.load();
+            self
+        })
+        .await
+        .unwrap()
+    }
+
     fn load(&self) {
         let servers = servers();
         servers.global.run_sql(&self.global_sql()).unwrap();
@@ -312,12 +322,7 @@ async fn load_and_check_with_sketches(
     sketches: &[(u64, usize)],
     every_kind: bool,
 ) {
-    let data = tokio::task::spawn_blocking(move || {
-        data.load();
-        data
-    })
-    .await
-    .unwrap();
+    let data = data.loaded().await;
     let expected = data.expected();
     let config = data.config();
     let kinds = |kind: &str| expected.iter().filter(|f| f.kind == kind).count();
@@ -433,12 +438,7 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
     // One fault in each range, so the check has something to find.
     *data.blobs.get_mut(&(trusted.start + 3)).unwrap() += 1;
     data.sent.push(Some(untrusted.start + 1));
-    let data = tokio::task::spawn_blocking(move || {
-        data.load();
-        data
-    })
-    .await
-    .unwrap();
+    let data = data.loaded().await;
     let config = data.config();
     let references = data.references();
 
@@ -522,12 +522,7 @@ async fn empty_tables_are_consistent() {
         messages: vec![],
         attachments: vec![],
     };
-    let data = tokio::task::spawn_blocking(move || {
-        data.load();
-        data
-    })
-    .await
-    .unwrap();
+    let data = data.loaded().await;
     for chunk_size in [1, 1000] {
         let (findings, summary) = check_json(&data.config(), IdRange::ALL, chunk_size, 2).await;
         assert!(findings.is_empty());
