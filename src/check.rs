@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::finding::{Direction, Finding, Kind};
 use crate::plan::{IdRange, Partition};
 use crate::progress::{Progress, ProgressMode};
-use crate::report::{ColumnSummary, Reporter, SketchCounts, Summary};
+use crate::report::{ColumnSummary, Reporter, SketchCounts, Start, Summary};
 use crate::scan::{Checked, ChunkOutcome, ScanOptions, scan};
 use crate::throttle::{Throttle, ThrottleOptions};
 
@@ -136,6 +136,59 @@ fn identity(config: &Config, range: IdRange) -> String {
         config.blobs.count,
         references.join(",")
     )
+}
+
+/// The state a run starts from, and how it started when it keeps a
+/// checkpoint. `--resume` only ever continues an unfinished run: a
+/// checkpoint that holds a finished one (as a daily job leaves it) starts a
+/// new run, so that every run reads the databases as they are now.
+fn starting_state(
+    options: &CheckOptions,
+    identity: String,
+    range: IdRange,
+    columns: usize,
+) -> Result<(Checkpoint, Option<Start>)> {
+    let fresh = |identity| Checkpoint::new(identity, range, columns);
+    let Some(checkpoint) = &options.checkpoint else {
+        return Ok((fresh(identity), None));
+    };
+    let path = &checkpoint.path;
+    if !checkpoint.resume {
+        return Ok((fresh(identity), Some(Start::New)));
+    }
+    let Some(saved) = Checkpoint::load(path)? else {
+        tracing::info!(
+            "no checkpoint at {} yet: starting a new run",
+            path.display()
+        );
+        return Ok((fresh(identity), Some(Start::NewWithoutCheckpoint)));
+    };
+    if saved.identity != identity {
+        return Err(Error::Usage(format!(
+            "checkpoint {} belongs to another check (other servers, tables or range); remove it or drop --resume",
+            path.display()
+        )));
+    }
+    saved
+        .validate(columns)
+        .map_err(|reason| crate::checkpoint::unreadable(path, reason))?;
+    if saved.complete {
+        tracing::info!(
+            "checkpoint {} holds a finished run: starting a new run",
+            path.display()
+        );
+        return Ok((fresh(identity), Some(Start::NewAfterFinished)));
+    }
+    tracing::info!(
+        "resuming the unfinished run of {}: {} findings so far, {} candidates pending, next id {}",
+        path.display(),
+        saved.findings.len(),
+        saved.pending.len(),
+        saved
+            .next_start
+            .map_or("none (scan done)".into(), |n| n.to_string())
+    );
+    Ok((saved, Some(Start::Resumed)))
 }
 
 /// Runs a whole check. Each finding is written to `reporter` as soon as it
@@ -277,36 +330,8 @@ async fn run_with_source(
     }
 
     let identity = identity(config, range);
-    let mut state = match &options.checkpoint {
-        Some(checkpoint) if checkpoint.resume => match Checkpoint::load(&checkpoint.path)? {
-            Some(saved) if saved.identity != identity => {
-                return Err(Error::Usage(format!(
-                    "checkpoint {} belongs to another check (other servers, tables or range); remove it or drop --resume",
-                    checkpoint.path.display()
-                )));
-            }
-            Some(saved) => {
-                tracing::info!(
-                    "resuming from {}: {} findings so far, {} candidates pending, next id {}",
-                    checkpoint.path.display(),
-                    saved.findings.len(),
-                    saved.pending.len(),
-                    saved
-                        .next_start
-                        .map_or("none (scan done)".into(), |n| n.to_string())
-                );
-                saved
-            }
-            None => {
-                tracing::info!(
-                    "no checkpoint at {} yet: starting afresh",
-                    checkpoint.path.display()
-                );
-                Checkpoint::new(identity, range, config.references.len())
-            }
-        },
-        _ => Checkpoint::new(identity, range, config.references.len()),
-    };
+    let (mut state, start) = starting_state(options, identity, range, config.references.len())?;
+    summary.start = start;
     for finding in &state.findings {
         report_finding(reporter, source, finding, options.affected_rows).await?;
     }

@@ -67,17 +67,56 @@ impl Checkpoint {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(checkpoint_error(path, e)),
+            Err(e) => return Err(unreadable(path, format!("cannot read it: {e}"))),
         };
         let checkpoint: Checkpoint = serde_json::from_str(&text)
-            .map_err(|e| checkpoint_error(path, format!("not a blobcheck checkpoint ({e})")))?;
+            .map_err(|e| unreadable(path, format!("not a blobcheck checkpoint ({e})")))?;
         if checkpoint.version != VERSION {
-            return Err(checkpoint_error(
+            return Err(unreadable(
                 path,
                 format!("version {} is not {VERSION}", checkpoint.version),
             ));
         }
         Ok(Some(checkpoint))
+    }
+
+    /// Checks that a loaded checkpoint can describe a run over `columns`
+    /// reference columns: its position lies in its range, and every id and
+    /// column it names exists. A file edited by hand or damaged on disk is
+    /// refused here rather than trusted.
+    pub fn validate(&self, columns: usize) -> std::result::Result<(), String> {
+        if let Some(next) = self.next_start
+            && !self.range.contains(next)
+        {
+            return Err(format!(
+                "next_start {next} lies outside its range {}",
+                self.range
+            ));
+        }
+        if self.complete && (self.next_start.is_some() || !self.pending.is_empty()) {
+            return Err("it says complete but still has work to do".into());
+        }
+        if self.references.len() != columns {
+            return Err(format!(
+                "it counts {} reference columns, the configuration has {columns}",
+                self.references.len()
+            ));
+        }
+        for finding in self.pending.iter().chain(&self.findings) {
+            if !self.range.contains(finding.blob_id) {
+                return Err(format!(
+                    "blob id {} lies outside its range {}",
+                    finding.blob_id, self.range
+                ));
+            }
+            if let Some(&(column, _)) = finding.references.iter().find(|(c, _)| *c >= columns) {
+                return Err(format!(
+                    "blob id {} names reference column {column}, the configuration has {columns}",
+                    finding.blob_id
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint so that a crash leaves either the old or the
@@ -104,6 +143,14 @@ fn temporary_path(path: &Path) -> PathBuf {
 fn checkpoint_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     Error::Output {
         path: format!("checkpoint {}", path.display()),
+        reason: crate::error::one_line(reason),
+    }
+}
+
+/// A checkpoint that exists but cannot be used.
+pub fn unreadable(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
         reason: crate::error::one_line(reason),
     }
 }
@@ -139,6 +186,45 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let error = Checkpoint::load(&path).unwrap_err().to_string();
         assert!(error.contains("not a blobcheck checkpoint"), "{error}");
+        assert!(!error.contains("cannot write"), "{error}");
         assert!(!error.contains('\n'));
+    }
+
+    #[test]
+    fn validation_refuses_positions_ids_and_columns_outside_the_run() {
+        let range = IdRange::new(10, 20);
+        let valid = Checkpoint::new("x".into(), range, 2);
+        assert_eq!(valid.validate(2), Ok(()));
+        assert!(
+            valid
+                .validate(3)
+                .unwrap_err()
+                .contains("2 reference columns")
+        );
+
+        let mut past_end = valid.clone();
+        past_end.next_start = Some(21);
+        assert!(past_end.validate(2).unwrap_err().contains("next_start 21"));
+
+        let finding = |blob_id, column| Finding {
+            kind: Kind::MissingBlob,
+            blob_id,
+            stored: None,
+            actual: 1,
+            references: vec![(column, 1)],
+        };
+        let mut outside = valid.clone();
+        outside.findings.push(finding(9, 0));
+        assert!(outside.validate(2).unwrap_err().contains("blob id 9"));
+
+        let mut no_such_column = valid.clone();
+        no_such_column.pending.push(finding(15, 2));
+        assert!(no_such_column.validate(2).unwrap_err().contains("column 2"));
+
+        let mut complete_with_work = valid.clone();
+        complete_with_work.complete = true;
+        assert!(complete_with_work.validate(2).is_err());
+        complete_with_work.next_start = None;
+        assert_eq!(complete_with_work.validate(2), Ok(()));
     }
 }

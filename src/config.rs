@@ -315,7 +315,20 @@ impl CheckSettings {
                 self.confirmations
             ));
         }
+        // 0 would make every blob busy; a limit of 0 running threads or
+        // rows per second could never be met, and the check would wait
+        // forever.
+        at_least_one("hot threshold", Some(self.hot_threshold))?;
+        at_least_one("max threads running", self.max_threads_running)?;
+        at_least_one("max rows per second", self.max_rows_per_second)?;
         Ok(())
+    }
+}
+
+fn at_least_one(what: &str, value: Option<u64>) -> std::result::Result<(), String> {
+    match value {
+        Some(0) => Err(format!("{what} 0 is out of range (at least 1)")),
+        _ => Ok(()),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum Error {
     #[error("cannot write {path}: {reason}")]
     Output { path: String, reason: String },
 
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+
     #[error("{0}")]
     Sandbox(String),
 }

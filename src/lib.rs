@@ -16,6 +16,7 @@ pub mod error;
 pub mod finding;
 pub mod merge;
 pub mod metrics;
+pub mod paths;
 pub mod plan;
 pub mod progress;
 pub mod repair;

@@ -216,10 +216,24 @@ fn usage_error(error: clap::Error) -> ExitCode {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
         _ => {
+            // clap's message may go on over several lines ("the following
+            // required arguments were not provided:" and then the option):
+            // everything before the usage, on one line.
             let text = error.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("blobcheck: error: {first} (see blobcheck --help)");
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.starts_with("Usage:"))
+                .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let message = if message.is_empty() {
+                "invalid arguments"
+            } else {
+                message
+            };
+            eprintln!("blobcheck: error: {message} (see blobcheck --help)");
             ExitCode::from(EXIT_ERROR as u8)
         }
     }
@@ -262,6 +276,12 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             output,
         } => {
             let config = Config::load(&config)?;
+            if let Some(output) = &output {
+                blobcheck::paths::refuse_collisions(&[
+                    ("--findings", &findings),
+                    ("--output", output),
+                ])?;
+            }
             let mut out = open_output(output.as_deref())?;
             let stats = runtime.block_on(blobcheck::repair::run(&config, &findings, &mut out))?;
             out.flush().map_err(|e| Error::Output {
@@ -311,6 +331,15 @@ async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u6
     settings.method = args.method.unwrap_or(settings.method);
     settings.sketch_rows = args.sketch_rows.unwrap_or(settings.sketch_rows);
     settings.validate().map_err(Error::Usage)?;
+    let files: Vec<(&str, &std::path::Path)> = [
+        ("--output", args.output.as_deref()),
+        ("--checkpoint", args.checkpoint.as_deref()),
+        ("--metrics-file", args.metrics_file.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(option, path)| path.map(|path| (option, path)))
+    .collect();
+    blobcheck::paths::refuse_collisions(&files)?;
 
     let out = open_output(args.output.as_deref())?;
     let labels = config.references.iter().map(|r| r.label.clone()).collect();

@@ -46,9 +46,39 @@ pub struct Summary {
     /// With `--method sketch`: how this process checked its chunks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sketch: Option<SketchCounts>,
+    /// How the run began, when it keeps a checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
     /// Time spent paused by the throttle.
     pub throttled_seconds: f64,
     pub seconds: f64,
+}
+
+/// How a run that keeps a checkpoint began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// From the start of its range, without `--resume`.
+    New,
+    /// `--resume`, and the checkpoint described an unfinished run: it was
+    /// continued.
+    Resumed,
+    /// `--resume`, but the checkpoint held a finished run: a resume only
+    /// ever continues an unfinished run, so this one started anew.
+    NewAfterFinished,
+    /// `--resume`, but there was no checkpoint yet.
+    NewWithoutCheckpoint,
+}
+
+impl Start {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Start::New => "new (any earlier checkpoint started over)",
+            Start::Resumed => "resumed: continued the unfinished run of the checkpoint",
+            Start::NewAfterFinished => "new: the checkpoint held a finished run",
+            Start::NewWithoutCheckpoint => "new: no checkpoint yet",
+        }
+    }
 }
 
 /// Chunk outcomes of a `--method sketch` run by how they were checked
@@ -464,6 +494,9 @@ pub fn summary_text(summary: &Summary) -> String {
                 ""
             }
         );
+    }
+    if let Some(start) = summary.start {
+        let _ = writeln!(s, "  run          {}", start.describe());
     }
     if summary.throttled_seconds >= 0.1 {
         let _ = writeln!(

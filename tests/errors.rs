@@ -1428,6 +1428,15 @@ fn command_line_usage_errors_exit_2() {
         ("--chunk-size", "10000001", "chunk size 10000001"),
         ("--jobs", "0", "jobs 0"),
         ("--jobs", "257", "jobs 257"),
+        // Limits that could never be met would wait forever.
+        ("--max-threads-running", "0", "max threads running 0"),
+        ("--max-rows-per-second", "0", "max rows per second 0"),
+        ("--hot-threshold", "0", "hot threshold 0"),
+        ("--settle-delay", "NaN", "settle delay NaN"),
+        ("--settle-delay", "1e300", "settle delay"),
+        ("--max-lag", "inf", "max lag inf"),
+        ("--retry-for", "NaN", "retry time NaN"),
+        ("--chunk-time", "1e9", "chunk time"),
     ] {
         let r = run(&["check", "--config", config, flag, value], &CHECKER_ENV);
         assert_error(&r, &format!("{flag} {value}"), &[needle]);
@@ -1450,6 +1459,56 @@ fn command_line_usage_errors_exit_2() {
         &CHECKER_ENV,
     );
     assert_error(&r, "unwritable --output", &["no-such-dir"]);
+
+    // Files that would overwrite each other: the same path, another
+    // spelling of it, a link to it.
+    let findings = dir.path().join("findings.txt");
+    let respelled = dir.path().join(".").join("findings.txt");
+    let link = dir.path().join("link.txt");
+    std::os::unix::fs::symlink(&findings, &link).unwrap();
+    for (other_flag, other) in [
+        ("--checkpoint", &findings),
+        ("--metrics-file", &respelled),
+        ("--checkpoint", &link),
+    ] {
+        let r = run(
+            &[
+                "check",
+                "--config",
+                config,
+                "--output",
+                findings.to_str().unwrap(),
+                other_flag,
+                other.to_str().unwrap(),
+            ],
+            &CHECKER_ENV,
+        );
+        assert_error(
+            &r,
+            &format!("--output and {other_flag} {}", other.display()),
+            &["--output", other_flag, "same file"],
+        );
+        assert!(!r.stderr.contains("cannot connect"), "{r:#?}");
+    }
+    assert!(!findings.exists(), "nothing was written");
+    // repair-sql reading and writing one file.
+    let r = run(
+        &[
+            "repair-sql",
+            "--config",
+            config,
+            "--findings",
+            link.to_str().unwrap(),
+            "--output",
+            findings.to_str().unwrap(),
+        ],
+        &CHECKER_ENV,
+    );
+    assert_error(&r, "repair-sql --findings = --output", &["same file"]);
+
+    // An option that needs another names it.
+    let r = run(&["check", "--config", config, "--resume"], &CHECKER_ENV);
+    assert_error(&r, "--resume alone", &["--checkpoint"]);
 
     // What clap refuses: exit 2, a message, no panic.
     for args in [

@@ -111,11 +111,96 @@ fn a_killed_run_resumes_from_its_checkpoint_with_the_same_findings() {
     let resumed = run(true).output().unwrap();
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(stderr.contains("resuming the unfinished run"), "{stderr}");
+    assert!(stderr.contains("run          resumed"), "{stderr}");
     assert_eq!(read_findings(&output), expected_fixture_findings());
+}
 
-    // Resuming a finished run reports the same again without scanning.
-    let again = run(true).output().unwrap();
-    assert_eq!(again.status.code(), Some(1));
-    assert_eq!(read_findings(&output), expected_fixture_findings());
+/// The README's production command, run twice as a daily job runs it: the
+/// second run reads the databases again (a resume only continues an
+/// unfinished run), so a fault repaired in between is gone and a new one is
+/// found.
+#[test]
+fn a_daily_job_with_resume_checks_the_databases_anew_after_a_finished_run() {
+    let servers = FixtureServers::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fixture_config(&servers, dir.path());
+    let checkpoint = dir.path().join("run.checkpoint");
+    let output = dir.path().join("findings.jsonl");
+    let run = || {
+        blobcheck()
+            .args(["check", "--config", config.to_str().unwrap()])
+            .args(["--format", "json", "--output", output.to_str().unwrap()])
+            .args(["--checkpoint", checkpoint.to_str().unwrap(), "--resume"])
+            .args(["--settle-delay", "0.3", "--progress", "none"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("run          new: no checkpoint yet"),
+        "{stderr}"
+    );
+    let expected = expected_fixture_findings();
+    assert_eq!(read_findings(&output), expected);
+
+    // Between the runs: one count too high is repaired, and a consistent,
+    // referenced blob gets its count set to 0 (critical).
+    let repaired = expected
+        .iter()
+        .find(|f| f.kind == "count_mismatch" && f.stored > Some(f.actual))
+        .expect("the fixtures hold a count too high")
+        .clone();
+    let faulty: std::collections::BTreeSet<u64> = expected.iter().map(|f| f.blob_id).collect();
+    let consistent = servers
+        .global
+        .query(
+            "SELECT BlobStorageID, NumReferences FROM ProtonMailGlobal.BlobStorage \
+             WHERE NumReferences > 0 ORDER BY BlobStorageID",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].parse::<u64>().unwrap(),
+                row[1].parse::<u64>().unwrap(),
+            )
+        })
+        .find(|(id, _)| !faulty.contains(id))
+        .expect("a consistent blob with references");
+    servers
+        .global
+        .run_sql(&format!(
+            "UPDATE ProtonMailGlobal.BlobStorage SET NumReferences = {} WHERE BlobStorageID = {}; \
+             UPDATE ProtonMailGlobal.BlobStorage SET NumReferences = 0 WHERE BlobStorageID = {}",
+            repaired.actual, repaired.blob_id, consistent.0
+        ))
+        .unwrap();
+
+    let second = run();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds a finished run"), "{stderr}");
+    assert!(
+        stderr.contains("run          new: the checkpoint held a finished run"),
+        "{stderr}"
+    );
+    let found = read_findings(&output);
+    let new: Vec<_> = found
+        .iter()
+        .filter(|f| f.blob_id == consistent.0)
+        .map(|f| (f.kind.as_str(), f.stored, f.actual))
+        .collect();
+    assert_eq!(new, vec![("count_mismatch", Some(0), consistent.1)]);
+    let rest: Vec<_> = found
+        .into_iter()
+        .filter(|f| f.blob_id != consistent.0)
+        .collect();
+    let expected_rest: Vec<_> = expected
+        .into_iter()
+        .filter(|f| f.blob_id != repaired.blob_id)
+        .collect();
+    assert_eq!(rest, expected_rest);
 }
