@@ -166,12 +166,12 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// row, yet a fault on it keeps its difference. So an ordinary candidate
 /// whose reads (the scan's included) are all stable and show one and the
 /// same nonzero difference is read on, up to `2 × max_reads`, and confirmed
-/// as its last read saw it if that holds to the end. A blob without a fault
-/// shows that only if every one of those reads caught a different change in
-/// flight, all in the same direction: each read catches one with a
-/// probability of about (changes per second) × (seconds in flight), and this
-/// needs `4 × (confirmations + 1)` in a row (with two confirmations,
-/// 2 × 0.5¹¹ ≈ 0.1% even for a blob that is in flight all the time).
+/// as its last read saw it if that holds to the end *and* no stream of
+/// changes in one direction can explain the reads (`outside_every_bracket`).
+/// The same difference on every read is not enough on its own: a blob that
+/// receives references back to back (one attachment delivered to thousands
+/// of mailboxes) is caught by every read with one change in flight, always
+/// in the same direction.
 ///
 /// Anything else ends unsettled after `max_reads`.
 pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
@@ -224,9 +224,7 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
             return Verdict::Transient;
         }
     }
-    let first = readings.first().and_then(difference_of);
-    let drifting =
-        first.is_some_and(|d| d != 0) && readings.iter().all(|r| difference_of(r) == first);
+    let drifting = steady_difference(readings).is_some() && outside_every_bracket(readings);
     let allowed = max_reads(confirmations, hot) * if drifting { 2 } else { 1 };
     if readings.len() < allowed {
         Verdict::Pending
@@ -235,6 +233,55 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     } else {
         Verdict::Unsettled
     }
+}
+
+/// The one nonzero difference every reading shows, when all are stable and
+/// agree on whether the blob row exists.
+fn steady_difference(readings: &[Reading]) -> Option<i128> {
+    let first = (*readings.first()?)?;
+    let d = first.difference();
+    let same = |r: &Reading| {
+        r.is_some_and(|seen| {
+            seen.difference() == d && seen.stored.is_some() == first.stored.is_some()
+        })
+    };
+    (d != 0 && readings.iter().all(same)).then_some(d)
+}
+
+/// Whether drifting readings show a fault that no stream of changes in one
+/// direction can fake.
+///
+/// Reads are at least a settle delay apart, and the settle delay exceeds
+/// the application's gap between its two steps. So for a consistent blob
+/// whose changes all go one way (only references added, or only removed,
+/// in either order of the two steps), the references counted by a read lie
+/// between the stored counts read a settle delay before and after it: every
+/// change in flight at the read has its stored side done by the next read,
+/// and none was done before the previous read without its reference side
+/// done by this one. A real fault shifts the stored counts and so can put
+/// the reference count outside that bracket. A blob read this way is
+/// confirmed by drift only when its stored counts move one way and every
+/// reading between two others lies outside its bracket, on the side of the
+/// fault; one whose changes go both ways has no such bracket and ends
+/// unsettled.
+fn outside_every_bracket(readings: &[Reading]) -> bool {
+    let stored = |r: &Reading| r.map_or(0, |seen| seen.stored.unwrap_or(0));
+    let counts: Vec<u64> = readings.iter().map(stored).collect();
+    let rising = counts.windows(2).all(|w| w[0] <= w[1]);
+    let falling = counts.windows(2).all(|w| w[0] >= w[1]);
+    if !(rising || falling) || readings.len() < 3 {
+        return false;
+    }
+    readings.windows(3).all(|w| {
+        let (before, after) = (stored(&w[0]), stored(&w[2]));
+        let Some(seen) = w[1] else { return false };
+        let (low, high) = (before.min(after), before.max(after));
+        if seen.difference() > 0 {
+            seen.actual < low
+        } else {
+            seen.actual > high
+        }
+    })
 }
 
 /// A stable reading's difference; `None` for a read the count moved under.
@@ -318,6 +365,9 @@ pub async fn confirm_wave<S: Source>(
         candidates.retain_mut(|candidate| {
             let (finding, stable) = reads.next().expect("one read per candidate");
             let reading = stable.then(|| Seen::of(&finding));
+            // A blob that grows busy while it is confirmed is judged as busy.
+            candidate.hot |=
+                finding.stored.unwrap_or(0).max(finding.actual) >= options.hot_threshold;
             candidate.readings.push(reading);
             if stable {
                 candidate.seen.push(finding);
@@ -413,15 +463,50 @@ mod tests {
             Some(seen(Some(5), 4)),
         ];
         assert_eq!(verdict(&steady[..4], 2, false), Verdict::Pending);
-        // Drifting counts, the same difference on every read allowed: a
-        // fault on a blob the application keeps changing.
-        let churned: Vec<Reading> = (0..12).map(|i| Some(seen(Some(5 + i), 4 + i))).collect();
+        // Drifting counts, the same difference on every read allowed, and
+        // every reference count below the stored counts read before and
+        // after it: a fault of +3 on a blob that gains a reference between
+        // reads.
+        let churned: Vec<Reading> = (0..12).map(|i| Some(seen(Some(5 + i), 2 + i))).collect();
         assert_eq!(verdict(&churned[..6], 2, false), Verdict::Pending);
         assert_eq!(verdict(&churned[..11], 2, false), Verdict::Pending);
         assert_eq!(
             verdict(&churned, 2, false),
-            Verdict::Confirmed(seen(Some(16), 15))
+            Verdict::Confirmed(seen(Some(16), 13))
         );
+        // Consistent blobs under a stream of changes in one direction, each
+        // read catching one change in flight, in either order of the two
+        // steps: the same difference on every read, never confirmed.
+        let streams: [(&str, fn(u64) -> (u64, u64)); 4] = [
+            ("adds, reference first", |i| (5 + i, 6 + i)),
+            ("adds, count first", |i| (5 + i, 4 + i)),
+            ("removes, reference first", |i| (50 - i, 49 - i)),
+            ("removes, count first", |i| (50 - i, 51 - i)),
+        ];
+        for (name, at) in streams {
+            let readings: Vec<Reading> = (0..12)
+                .map(|i| {
+                    let (stored, actual) = at(i);
+                    Some(seen(Some(stored), actual))
+                })
+                .collect();
+            for n in 1..=readings.len() {
+                assert!(
+                    !matches!(verdict(&readings[..n], 2, false), Verdict::Confirmed(_)),
+                    "{name}: {n} reads"
+                );
+            }
+            assert_eq!(
+                verdict(&readings[..6], 2, false),
+                Verdict::Unsettled,
+                "{name}"
+            );
+        }
+        // A fault on a blob whose counts go both ways: no bracket holds.
+        let both_ways: Vec<Reading> = (0..12)
+            .map(|i| Some(seen(Some(5 + i % 2), 2 + i % 2)))
+            .collect();
+        assert_eq!(verdict(&both_ways[..6], 2, false), Verdict::Unsettled);
         let mut broken = churned.clone();
         broken[3] = None;
         assert_eq!(verdict(&broken, 2, false), Verdict::Unsettled);
@@ -467,6 +552,92 @@ mod tests {
         // One confirmation: two equal readings; one zero is transient.
         assert_eq!(verdict(&[r(3), r(3)], 1, false), confirmed(3));
         assert_eq!(verdict(&[r(3), r(0)], 1, false), Verdict::Transient);
+    }
+
+    /// A consistent blob under a stream of changes in one direction, as the
+    /// application makes them: each change is two steps (reference row,
+    /// stored count) in either order, at most `gap` apart; reads come at
+    /// least a settle delay (1000 ms, above every gap) apart, the first
+    /// being the scan's. Returns the stable readings.
+    fn stream_readings(
+        base: u64,
+        adds: bool,
+        changes: &[(u64, u64, bool)],
+        read_gaps: &[u64],
+    ) -> Vec<Reading> {
+        let settle = 1000;
+        let mut t = 0;
+        read_gaps
+            .iter()
+            .map(|extra| {
+                t += settle + extra;
+                let (mut references, mut count) = (0u64, 0u64);
+                for &(start, gap, reference_first) in changes {
+                    let (r, c) = if reference_first {
+                        (start, start + gap)
+                    } else {
+                        (start + gap, start)
+                    };
+                    references += u64::from(r <= t);
+                    count += u64::from(c <= t);
+                }
+                let shift = |n: u64| if adds { base + n } else { base - n };
+                Some(seen(Some(shift(count)), shift(references)))
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// No stream of changes in one direction on a consistent blob, at
+        /// any rate and with any mix of step orders, is ever confirmed:
+        /// every prefix of its readings is pending, transient or unsettled.
+        #[test]
+        fn a_stream_in_one_direction_is_never_confirmed(
+            adds in proptest::bool::ANY,
+            writers in proptest::collection::vec(
+                (
+                    proptest::option::of(proptest::bool::ANY),
+                    proptest::prop_oneof![
+                        proptest::collection::vec((0u64..400, 0u64..1000, proptest::bool::ANY), 0..100),
+                        // Back to back and long in flight: the hard case.
+                        proptest::collection::vec((0u64..20, 900u64..1000, proptest::bool::ANY), 0..100),
+                    ],
+                ),
+                1..3,
+            ),
+            read_gaps in proptest::collection::vec(0u64..600, 12),
+            confirmations in 1u32..4,
+        ) {
+            // Each writer makes its changes back to back: a pause, then the
+            // two steps `gap` apart, in one order (one code path) or in
+            // either.
+            let mut changes = Vec::new();
+            for (one_order, writer) in &writers {
+                let mut t = 0;
+                for &(pause, gap, reference_first) in writer {
+                    t += pause;
+                    changes.push((t, gap, one_order.unwrap_or(reference_first)));
+                    t += gap;
+                }
+            }
+            let readings = stream_readings(300, adds, &changes, &read_gaps);
+            for n in 1..=readings.len() {
+                let v = verdict(&readings[..n], confirmations, false);
+                proptest::prop_assert!(!matches!(v, Verdict::Confirmed(_)), "{n} reads: {v:?} {:?}", &readings[..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_stream_model_can_show_a_steady_difference() {
+        // The case the bracket exists for: references added back to back,
+        // each read catching one in flight, the same difference every time.
+        let changes: Vec<(u64, u64, bool)> = (0..200).map(|i| (i * 100, 90, true)).collect();
+        let readings = stream_readings(300, true, &changes, &[0; 12]);
+        assert!(readings.iter().all(|r| difference_of(r) == Some(-1)));
+        assert_eq!(steady_difference(&readings), Some(-1));
+        assert!(!outside_every_bracket(&readings));
+        assert_eq!(verdict(&readings, 2, false), Verdict::Unsettled);
     }
 
     #[test]

@@ -575,6 +575,20 @@ pub struct Counters {
     pub retries: AtomicU64,
 }
 
+/// The writers' seed: `CHURN_SEED` to replay a run, else drawn once per
+/// test process and printed, so that a failure can be replayed.
+pub fn writer_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let seed = std::env::var("CHURN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| rand::rng().random::<u64>());
+        println!("writers seeded with CHURN_SEED={seed}");
+        seed
+    })
+}
+
 /// Writers running against the primaries.
 pub struct Writers {
     pub counters: Arc<Counters>,
@@ -608,7 +622,7 @@ impl Writers {
             let app = Arc::clone(&app);
             let counters = Arc::clone(&counters);
             let stop = Arc::clone(&stop);
-            let seed = rand::rng().random::<u64>() ^ n as u64;
+            let seed = writer_seed() ^ n as u64;
             tasks.push(tokio::spawn(async move {
                 writer(
                     app,
@@ -974,10 +988,11 @@ impl Comparison {
             let exact_ok = e.exact.is_none_or(|(stored, actual)| {
                 f.stored == stored
                     && f.actual == actual
-                    && f.references
-                        .iter()
-                        .all(|(l, _)| LABELS.contains(&l.as_str()))
-            });
+                    && e.references.as_ref().is_none_or(|r| *r == f.references)
+            }) && f
+                .references
+                .iter()
+                .all(|(l, _)| LABELS.contains(&l.as_str()));
             if f.kind != e.kind || difference != e.difference || !exact_ok {
                 comparison.wrong.push(format!(
                     "blob {}: reported {} stored {:?} actual {} (difference {difference}) {:?}; injected {} {:?} difference {} {:?}",
