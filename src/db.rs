@@ -17,6 +17,7 @@ use crate::error::{Error, Result, one_line};
 use crate::finding::Finding;
 use crate::plan::IdRange;
 use crate::report::AffectedRow;
+use crate::same_column::{Columns, Resolved, Role};
 use crate::scan::Source;
 use crate::sketch::{self, Moments};
 use crate::throttle::Throttle;
@@ -263,7 +264,7 @@ async fn column_info(
     conn: &mut Conn,
     table: &TableName,
     column: &Ident,
-) -> Result<ColumnInfo> {
+) -> Result<(ColumnInfo, Resolved)> {
     let schema_error = |reason: String| Error::Schema {
         server: db.servers[server].name.clone(),
         reason,
@@ -293,10 +294,11 @@ async fn column_info(
             "table `{table}` not found (or the account may not read it)"
         )));
     }
-    let row: Option<(String, String, String)> = conn
+    type Row = (String, String, String, String, String, String);
+    let row: Option<Row> = conn
         .exec_first(
-            "SELECT DATA_TYPE, COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+            "SELECT DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
             (
                 table.database.as_str(),
                 table.table.as_str(),
@@ -305,7 +307,7 @@ async fn column_info(
         )
         .await
         .map_err(|e| db.query_error(server, e))?;
-    let Some((data_type, column_type, nullable)) = row else {
+    let Some((data_type, column_type, nullable, schema, table_name, column_name)) = row else {
         return Err(schema_error(format!(
             "column `{column}` not found in table `{table}`"
         )));
@@ -316,11 +318,17 @@ async fn column_info(
             "column `{table}`.`{column}` is {column_type}, not an integer type: it cannot hold blob ids"
         )));
     }
-    Ok(ColumnInfo {
+    let info = ColumnInfo {
         data_type,
         unsigned: column_type.to_ascii_lowercase().contains("unsigned"),
         nullable: nullable.eq_ignore_ascii_case("YES"),
-    })
+    };
+    let resolved = Resolved {
+        schema,
+        table: table_name,
+        column: column_name,
+    };
+    Ok((info, resolved))
 }
 
 /// Indexes whose first column is `column`, best first: the primary key,
@@ -425,8 +433,13 @@ pub async fn inspect(config: &Config, db: &Databases) -> Result<Schema> {
     let b = &config.blobs;
     let mut conn = db.conn(b.server).await?;
     let server = &db.servers[b.server];
-    column_info(db, b.server, &mut conn, &b.table, &b.id).await?;
-    column_info(db, b.server, &mut conn, &b.table, &b.count).await?;
+    // Every column once: see `same_column`.
+    let mut columns = Columns::new(db.servers.len());
+    let itself = columns.server(b.server, &server.name, &mut conn).await?;
+    let (_, id) = column_info(db, b.server, &mut conn, &b.table, &b.id).await?;
+    columns.add(Role::BlobId, "[blobs] id", &itself, id)?;
+    let (_, count) = column_info(db, b.server, &mut conn, &b.table, &b.count).await?;
+    columns.add(Role::BlobCount, "[blobs] count", &itself, count)?;
     let indexes = leading_indexes(db, b.server, &mut conn, &b.table, &b.id).await?;
     let Some((index, _, _)) = indexes
         .into_iter()
@@ -453,7 +466,9 @@ pub async fn inspect(config: &Config, db: &Databases) -> Result<Schema> {
     for r in &config.references {
         let mut conn = db.conn(r.server).await?;
         let server = &db.servers[r.server];
-        let info = column_info(db, r.server, &mut conn, &r.table, &r.column).await?;
+        let itself = columns.server(r.server, &server.name, &mut conn).await?;
+        let (info, resolved) = column_info(db, r.server, &mut conn, &r.table, &r.column).await?;
+        columns.add(Role::Reference, &r.label, &itself, resolved)?;
         let indexes = leading_indexes(db, r.server, &mut conn, &r.table, &r.column).await?;
         let Some((index, _, _)) = indexes.into_iter().next() else {
             return Err(Error::Schema {

@@ -190,7 +190,7 @@ mod tests {
 
     const CONFIG: &str = r#"
 [servers.global]
-url = "mysql://checker:pw@10.0.0.1:3306"
+url = "mysql://checker@10.0.0.1:3306"
 [blobs]
 server = "global"
 table = "ProtonMailGlobal.BlobStorage"
@@ -272,8 +272,39 @@ column = "BlobStorageID"
         let error = add_shards(&config, &discovery, &[shard(2, "10.0.0.2", 3306)])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("both configured"), "{error}");
-        assert!(add_shards(&config, &discovery, &[shard(2, "10.0.0.3", 3306)]).is_ok());
+        assert_eq!(
+            error,
+            "configuration [discovery]: ProtonMailShard.MessageData.Body on 10.0.0.2:3306 is both configured (s:ProtonMailShard.MessageData.Body) and discovered (shard 2); remove one"
+        );
+        // A shard at another address is another server: both are checked,
+        // each column on its own server.
+        let expanded = add_shards(&config, &discovery, &[shard(2, "10.0.0.3", 3306)]).unwrap();
+        let columns: Vec<(&str, &str)> = expanded
+            .references
+            .iter()
+            .map(|r| (r.label.as_str(), expanded.servers[r.server].url.as_str()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                (
+                    "global:ProtonMailGlobal.SentMessage.BlobStorageID",
+                    "mysql://checker@10.0.0.1:3306"
+                ),
+                (
+                    "s:ProtonMailShard.MessageData.Body",
+                    "mysql://c@10.0.0.2:3306"
+                ),
+                (
+                    "shard2:ProtonMailShard.MessageData.Body",
+                    "mysql://checker@10.0.0.3:3306"
+                ),
+                (
+                    "shard2:ProtonMailShard.Attachment.BlobStorageID",
+                    "mysql://checker@10.0.0.3:3306"
+                ),
+            ]
+        );
     }
 
     #[test]

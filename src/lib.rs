@@ -21,6 +21,7 @@ pub mod plan;
 pub mod progress;
 pub mod repair;
 pub mod report;
+pub mod same_column;
 pub mod sandbox;
 pub mod scan;
 pub mod sketch;
