@@ -48,6 +48,29 @@ pub struct CheckpointOptions {
     pub interval: Duration,
 }
 
+/// Asks a running check to stop before its end (SIGTERM, SIGINT): it stops
+/// reading, saves its checkpoint, and returns its summary marked as
+/// interrupted, with the findings confirmed so far.
+#[derive(Debug, Clone)]
+pub struct StopRequest(tokio::sync::watch::Receiver<Option<String>>);
+
+impl StopRequest {
+    /// The sender asks with the reason (the signal's name).
+    pub fn channel() -> (tokio::sync::watch::Sender<Option<String>>, StopRequest) {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        (sender, StopRequest(receiver))
+    }
+
+    /// Waits until a stop is asked for (at once if it already was); never
+    /// returns if the sender is gone without asking.
+    async fn requested(&mut self) -> String {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// What to check and how.
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
@@ -63,6 +86,8 @@ pub struct CheckOptions {
     pub affected_rows: u64,
     /// How scan batches travel.
     pub protocol: Protocol,
+    /// Stops the run early when asked.
+    pub stop: Option<StopRequest>,
 }
 
 impl CheckOptions {
@@ -79,6 +104,7 @@ impl CheckOptions {
             retry_for: Duration::from_secs(300),
             affected_rows: 10,
             protocol: Protocol::from_env(),
+            stop: None,
         }
     }
 }
@@ -104,6 +130,7 @@ struct OpenWave {
 }
 
 enum Event {
+    Stop(String),
     Outcome(Option<ChunkOutcome>),
     Wave(Result<WaveOutcome>),
     OpenWaveDue,
@@ -345,6 +372,7 @@ async fn run_with_source(
         progress: Progress::new(options.progress, range, span.map(|(_, last)| last)),
         last_checkpoint: Instant::now(),
         sketch: SketchCounts::default(),
+        interrupted: None,
     };
     // Candidates a killed run left unconfirmed are read again from now on.
     let pending = std::mem::take(&mut state.pending);
@@ -367,6 +395,7 @@ async fn run_with_source(
         summary.sketch = Some(run.sketch.clone());
     }
     summary.unsettled = state.unsettled.clone();
+    summary.interrupted = run.interrupted.take();
     summary.findings = run.reporter.counts().clone();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -382,6 +411,8 @@ struct Run<'a> {
     progress: Progress,
     last_checkpoint: Instant,
     sketch: SketchCounts,
+    /// Why the run stopped before its end, if it did.
+    interrupted: Option<String>,
 }
 
 impl Run<'_> {
@@ -480,6 +511,7 @@ impl Run<'_> {
             tokio::spawn(scan(Arc::clone(self.source), range, options, outcome_tx))
         });
         let mut scan_done = scanner.is_none();
+        let mut stop = self.options.stop.clone();
         let checkpoint_interval = self
             .options
             .checkpoint
@@ -502,6 +534,8 @@ impl Run<'_> {
             let accept_outcomes = !scan_done && self.waves.len() < MAX_WAVES;
             let front = self.waves.front_mut().map(|w| &mut w.task);
             let event = tokio::select! {
+                biased;
+                reason = async { match stop.as_mut() { Some(stop) => stop.requested().await, None => std::future::pending().await } } => Event::Stop(reason),
                 outcome = outcome_rx.recv(), if accept_outcomes => Event::Outcome(outcome),
                 joined = async { match front { Some(task) => task.await, None => std::future::pending().await } } => {
                     Event::Wave(joined.map_err(|e| Error::Usage(format!("internal error in confirmation: {e}"))).and_then(|r| r))
@@ -510,6 +544,20 @@ impl Run<'_> {
                 _ = sleep_until(checkpoint_due), if checkpoint_due.is_some() => Event::CheckpointDue,
             };
             match event {
+                Event::Stop(reason) => {
+                    // Outcomes already received are in the state; the
+                    // candidates of every wave go into the checkpoint as
+                    // pending, to be confirmed by a resumed run.
+                    if let Some(scanner) = scanner.take() {
+                        scanner.abort();
+                    }
+                    tracing::warn!(
+                        "stopping on {reason}: no more reads; the summary counts what was checked so far"
+                    );
+                    self.save_checkpoint(state)?;
+                    self.interrupted = Some(reason);
+                    return Ok(());
+                }
                 Event::Outcome(Some(outcome)) => {
                     match outcome.checked {
                         Checked::Exact => self.sketch.exact += 1,

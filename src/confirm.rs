@@ -477,7 +477,8 @@ mod tests {
         // Consistent blobs under a stream of changes in one direction, each
         // read catching one change in flight, in either order of the two
         // steps: the same difference on every read, never confirmed.
-        let streams: [(&str, fn(u64) -> (u64, u64)); 4] = [
+        type Stream = (&'static str, fn(u64) -> (u64, u64));
+        let streams: [Stream; 4] = [
             ("adds, reference first", |i| (5 + i, 6 + i)),
             ("adds, count first", |i| (5 + i, 4 + i)),
             ("removes, reference first", |i| (50 - i, 49 - i)),

@@ -407,6 +407,9 @@ pub struct BlobScan {
     pub id: Ident,
     pub count: Ident,
     pub index: ServerIdent,
+    /// The count column may hold NULL: its sketch sums must not skip such
+    /// rows (see `sketch_sql`).
+    pub count_nullable: bool,
 }
 
 /// Everything the scan needs to know about the schema, checked.
@@ -438,7 +441,7 @@ pub async fn inspect(config: &Config, db: &Databases) -> Result<Schema> {
     let itself = columns.server(b.server, &server.name, &mut conn).await?;
     let (_, id) = column_info(db, b.server, &mut conn, &b.table, &b.id).await?;
     columns.add(Role::BlobId, "[blobs] id", &itself, id)?;
-    let (_, count) = column_info(db, b.server, &mut conn, &b.table, &b.count).await?;
+    let (count_info, count) = column_info(db, b.server, &mut conn, &b.table, &b.count).await?;
     columns.add(Role::BlobCount, "[blobs] count", &itself, count)?;
     let indexes = leading_indexes(db, b.server, &mut conn, &b.table, &b.id).await?;
     let Some((index, _, _)) = indexes
@@ -459,6 +462,7 @@ pub async fn inspect(config: &Config, db: &Databases) -> Result<Schema> {
         id: b.id.clone(),
         count: b.count.clone(),
         index: ServerIdent(index),
+        count_nullable: count_info.nullable,
     };
     drop(conn);
 
@@ -566,7 +570,7 @@ pub fn blob_sketch_sql(blobs: &BlobScan, range: IdRange) -> String {
         &blobs.table,
         &blobs.index,
         &blobs.id,
-        Some(&blobs.count),
+        Some((&blobs.count, blobs.count_nullable)),
         Some(range),
     )
 }
@@ -577,7 +581,7 @@ pub fn blob_sketch_statement(blobs: &BlobScan) -> String {
         &blobs.table,
         &blobs.index,
         &blobs.id,
-        Some(&blobs.count),
+        Some((&blobs.count, blobs.count_nullable)),
         None,
     )
 }
@@ -619,7 +623,7 @@ fn sketch_sql(
     table: &TableName,
     index: &ServerIdent,
     key: &Ident,
-    weight: Option<&Ident>,
+    weight: Option<(&Ident, bool)>,
     range: Option<IdRange>,
 ) -> String {
     let (start, end) = match range {
@@ -629,8 +633,16 @@ fn sketch_sql(
     let key = key.quoted();
     let t = format!("({key} - {start})");
     let sums = match weight {
-        Some(weight) => {
-            let w = format!("{} * 1e0", weight.quoted());
+        Some((weight, nullable)) => {
+            // SUM skips NULL, which would pass a NULL count as consistent;
+            // summed as 10¹⁶ (past `sketch::EXACT_LIMIT`) it sends the chunk
+            // to be read row by row, where the NULL is named, as the exact
+            // method names it.
+            let w = if nullable {
+                format!("COALESCE({} * 1e0, 1e16)", weight.quoted())
+            } else {
+                format!("{} * 1e0", weight.quoted())
+            };
             format!("SUM({w}), SUM({w} * {t}), SUM({w} * {t} * {t})")
         }
         None => format!("SUM({t} * 1e0), SUM({t} * 1e0 * {t})"),
@@ -851,9 +863,16 @@ fn parse_pair(row: Row, server: &str, what: &str) -> Result<(u64, u64)> {
     let count = row.take_opt::<u64, _>(1);
     match (id, count) {
         (Some(Ok(id)), Some(Ok(count))) => Ok((id, count)),
-        (Some(Ok(id)), _) => Err(Error::Query {
+        (Some(Ok(id)), count) => Err(Error::Query {
             server: server.to_owned(),
-            reason: format!("{what}: id {id} has a count that is not a non-negative integer"),
+            reason: match count {
+                Some(Err(e)) if e.0 == mysql_async::Value::NULL => {
+                    format!(
+                        "{what}: id {id} has a NULL count: set it to the number of its references"
+                    )
+                }
+                _ => format!("{what}: id {id} has a count that is not a non-negative integer"),
+            },
         }),
         _ => Err(Error::Query {
             server: server.to_owned(),
@@ -996,12 +1015,31 @@ impl DbSource {
     pub async fn blob_id_span(&self) -> Result<Option<(u64, u64)>> {
         let blobs = &self.schema.blobs;
         let mut conn = self.databases.conn(blobs.server).await?;
-        let span: Option<(Option<u64>, Option<u64>)> = conn
+        let row: Option<Row> = conn
             .query_first(blob_id_span_sql(blobs))
             .await
             .map_err(|e| self.databases.query_error(blobs.server, e))?;
-        Ok(match span {
-            Some((Some(first), Some(last))) => Some((first, last)),
+        let Some(row) = row else { return Ok(None) };
+        // A signed id column may hold negative ids, which no unsigned
+        // reference can name and the scan (0 to 2⁶⁴ − 1) never reads.
+        let id_at = |i: usize| -> Result<Option<u64>> {
+            match row.as_ref(i) {
+                None | Some(mysql_async::Value::NULL) => Ok(None),
+                Some(value) => mysql_async::from_value_opt::<u64>(value.clone())
+                    .map(Some)
+                    .map_err(|_| Error::Schema {
+                        server: self.databases.servers[blobs.server].name.clone(),
+                        reason: format!(
+                            "`{}`.`{}` holds the id {}: blob ids must be integers from 0 to 18446744073709551615",
+                            blobs.table,
+                            blobs.id,
+                            value_text(Some(value))
+                        ),
+                    }),
+            }
+        };
+        Ok(match (id_at(0)?, id_at(1)?) {
+            (Some(first), Some(last)) => Some((first, last)),
             _ => None,
         })
     }

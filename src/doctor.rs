@@ -1308,6 +1308,7 @@ impl Doctor<'_> {
                     id: b.id.clone(),
                     count: b.count.clone(),
                     index: ServerIdent(index.clone()),
+                    count_nullable: false,
                 };
                 &own
             }

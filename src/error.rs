@@ -37,6 +37,11 @@ pub enum Error {
 
     #[error("{0}")]
     Sandbox(String),
+
+    #[error(
+        "interrupted by {signal}: the check stopped before its end; its summary and metrics say what it checked"
+    )]
+    Interrupted { signal: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

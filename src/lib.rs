@@ -33,3 +33,6 @@ pub const EXIT_CONSISTENT: i32 = 0;
 pub const EXIT_FINDINGS: i32 = 1;
 /// Exit status: the check could not be carried out.
 pub const EXIT_ERROR: i32 = 2;
+/// Exit status: the check was stopped by SIGTERM or SIGINT before its end
+/// (it saved its checkpoint, summary and metrics first).
+pub const EXIT_INTERRUPTED: i32 = 3;

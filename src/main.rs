@@ -13,7 +13,7 @@ use blobcheck::metrics::{self, RunMetrics};
 use blobcheck::plan::{IdRange, Partition};
 use blobcheck::progress::ProgressMode;
 use blobcheck::report::{Format, Reporter};
-use blobcheck::{EXIT_CONSISTENT, EXIT_ERROR, EXIT_FINDINGS};
+use blobcheck::{EXIT_CONSISTENT, EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED};
 
 #[derive(Parser)]
 #[command(
@@ -197,11 +197,43 @@ fn main() -> ExitCode {
     match run(cli.command, quiet) {
         Ok(0) => ExitCode::from(EXIT_CONSISTENT as u8),
         Ok(_) => ExitCode::from(EXIT_FINDINGS as u8),
+        Err(e @ Error::Interrupted { .. }) => {
+            eprintln!("blobcheck: {e}");
+            ExitCode::from(EXIT_INTERRUPTED as u8)
+        }
         Err(e) => {
             eprintln!("blobcheck: error: {e}");
             ExitCode::from(EXIT_ERROR as u8)
         }
     }
+}
+
+/// The first SIGTERM or SIGINT asks the check to stop (it saves its
+/// checkpoint, summary and metrics); a second one ends the process at once.
+fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Result<check::StopRequest, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _guard = runtime.enter();
+    let listen =
+        |kind| signal(kind).map_err(|e| Error::Usage(format!("cannot listen for signals: {e}")));
+    let (mut terminate, mut interrupt) = (
+        listen(SignalKind::terminate())?,
+        listen(SignalKind::interrupt())?,
+    );
+    let (sender, stop) = check::StopRequest::channel();
+    runtime.spawn(async move {
+        let first = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        let _ = sender.send(Some(first.to_owned()));
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        eprintln!("blobcheck: a second signal: exiting at once");
+        std::process::exit(EXIT_INTERRUPTED);
+    });
+    Ok(stop)
 }
 
 /// `demo`'s settle delay unless one is given.
@@ -248,14 +280,16 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
     match command {
         Command::Check { config, args } => {
             let config = Config::load(&config)?;
-            runtime.block_on(check_with(&config, &args, quiet))
+            let stop = stop_on_signals(&runtime)?;
+            runtime.block_on(check_with(&config, &args, quiet, Some(stop)))
         }
         Command::Demo { mut args } => {
             // Nothing writes to the fixtures, so confirmation needs no long
             // wait; the reads are the same as in production.
             args.settle_delay.get_or_insert(DEMO_SETTLE_DELAY);
+            let stop = stop_on_signals(&runtime)?;
             runtime.block_on(blobcheck::demo::run(async |config| {
-                check_with(config, &args, quiet).await
+                check_with(config, &args, quiet, Some(stop)).await
             }))
         }
         Command::Doctor { config } => {
@@ -313,7 +347,12 @@ fn open_output(path: Option<&std::path::Path>) -> Result<Box<dyn std::io::Write 
     })
 }
 
-async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u64, Error> {
+async fn check_with(
+    config: &Config,
+    args: &CheckArgs,
+    quiet: bool,
+    stop: Option<check::StopRequest>,
+) -> Result<u64, Error> {
     let mut settings = config.check.clone();
     settings.chunk_size = args.chunk_size.unwrap_or(settings.chunk_size);
     settings.jobs = args.jobs.unwrap_or(settings.jobs);
@@ -367,8 +406,13 @@ async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u6
         retry_for: settings.retry_for(),
         affected_rows: settings.affected_rows,
         protocol: blobcheck::db::Protocol::from_env(),
+        stop,
     };
     let result = check::run(config, &options, reporter).await;
+    let interrupted = result
+        .as_ref()
+        .ok()
+        .and_then(|summary| summary.interrupted.clone());
     if let Some(path) = &args.metrics_file {
         let labels: Vec<(String, String)> = args
             .partition
@@ -378,7 +422,7 @@ async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u6
             path,
             RunMetrics {
                 summary: result.as_ref().ok(),
-                success: result.is_ok(),
+                success: result.is_ok() && interrupted.is_none(),
                 finished_at: std::time::SystemTime::now(),
                 last_success: None,
                 labels: &labels,
@@ -386,11 +430,15 @@ async fn check_with(config: &Config, args: &CheckArgs, quiet: bool) -> Result<u6
         );
         if let Err(e) = written {
             // The check's own outcome matters more than the metrics'.
-            if result.is_ok() {
+            if result.is_ok() && interrupted.is_none() {
                 return Err(e);
             }
             tracing::error!("{e}");
         }
     }
-    Ok(result?.findings.total)
+    let summary = result?;
+    match interrupted {
+        Some(signal) => Err(Error::Interrupted { signal }),
+        None => Ok(summary.findings.total),
+    }
 }

@@ -46,6 +46,10 @@ pub struct Summary {
     /// With `--method sketch`: how this process checked its chunks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sketch: Option<SketchCounts>,
+    /// Why the run stopped before its end (a signal's name): what it
+    /// reports is what it checked so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
     /// How the run began, when it keeps a checkpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Start>,
@@ -510,7 +514,18 @@ pub fn summary_text(summary: &Summary) -> String {
         "  time         {}",
         format_duration(Duration::from_secs_f64(summary.seconds))
     );
-    if f.total == 0 {
+    if let Some(reason) = &summary.interrupted {
+        let _ = writeln!(
+            s,
+            "  interrupted  by {reason}: stopped before the end; --resume with the checkpoint continues"
+        );
+        let _ = writeln!(
+            s,
+            "Result: incomplete (interrupted): {} inconsistencies so far ({} critical).",
+            thousands(f.total),
+            thousands(f.critical)
+        );
+    } else if f.total == 0 {
         let _ = writeln!(s, "Result: consistent, no findings.");
     } else {
         let _ = writeln!(

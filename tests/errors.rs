@@ -1868,3 +1868,131 @@ fn nothing_is_ever_written() {
 
     assert_eq!(fixture_checksums(), before, "a fixture table changed");
 }
+
+// ---------------------------------------------------------------------------
+// Values no blob table should hold: both methods say the same, naming the id.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_null_count_is_named_by_both_methods() {
+    let s = servers();
+    s.global
+        .run_sql(&format!(
+            "DROP DATABASE IF EXISTS errors_nullcount;
+             CREATE DATABASE errors_nullcount;
+             CREATE TABLE errors_nullcount.B (ID bigint unsigned PRIMARY KEY, N bigint unsigned NULL) ENGINE=InnoDB;
+             CREATE TABLE errors_nullcount.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
+             INSERT INTO errors_nullcount.B VALUES (1, 1), (2, 0), (5, NULL), (9, 1);
+             INSERT INTO errors_nullcount.R VALUES (1, 1), (3, 9);
+             GRANT SELECT ON errors_nullcount.* TO '{CHECKER_USER}'@'%';"
+        ))
+        .unwrap();
+    let (global, shard) = checker_urls();
+    let text = small_config(
+        &global,
+        &shard,
+        ["global", "errors_nullcount.B", "ID", "N"],
+        &[("global", "errors_nullcount.R", "BlobRef")],
+    );
+    // Unreferenced, the NULL sums like a 0 in SQL: the sketch must not
+    // pass it as consistent.
+    for method in ["exact", "sketch"] {
+        let r = check(&text, &[], &["--method", method]);
+        assert_error(
+            &r,
+            &format!("NULL count, --method {method}"),
+            &["server `global`", "id 5", "NULL count"],
+        );
+    }
+}
+
+#[test]
+fn negative_blob_ids_are_named_not_a_panic() {
+    let s = servers();
+    s.global
+        .run_sql(&format!(
+            "DROP DATABASE IF EXISTS errors_negative;
+             CREATE DATABASE errors_negative;
+             CREATE TABLE errors_negative.B (ID bigint PRIMARY KEY, N bigint unsigned NOT NULL) ENGINE=InnoDB;
+             CREATE TABLE errors_negative.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
+             INSERT INTO errors_negative.B VALUES (-3, 1), (1, 1);
+             INSERT INTO errors_negative.R VALUES (1, 1);
+             GRANT SELECT ON errors_negative.* TO '{CHECKER_USER}'@'%';"
+        ))
+        .unwrap();
+    let (global, shard) = checker_urls();
+    let text = small_config(
+        &global,
+        &shard,
+        ["global", "errors_negative.B", "ID", "N"],
+        &[("global", "errors_negative.R", "BlobRef")],
+    );
+    for args in [&["--method", "exact"][..], &["--partition", "0/2"]] {
+        let r = check(&text, &[], args);
+        assert_error(
+            &r,
+            &format!("negative blob id {args:?}"),
+            &["server `global`", "errors_negative", "-3"],
+        );
+    }
+}
+
+#[test]
+fn a_damaged_or_edited_checkpoint_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_temp(dir.path(), "blobcheck.toml", &fixture_config());
+    let config = config.to_str().unwrap();
+    let checkpoint = dir.path().join("run.checkpoint");
+    let args = |resume: bool| {
+        let mut args = vec![
+            "check",
+            "--config",
+            config,
+            "--format",
+            "json",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ];
+        if resume {
+            args.push("--resume");
+        }
+        args
+    };
+    // A run that stops part-way leaves an unfinished checkpoint to edit.
+    let r = run(
+        &[&args(false)[..], &["--range", "0-1000"]].concat(),
+        &CHECKER_ENV,
+    );
+    assert_ran(&r, "a first run");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+    type Edit = (&'static str, fn(&mut serde_json::Value));
+    let edits: [Edit; 4] = [
+        ("next_start past the end", |v| {
+            v["complete"] = false.into();
+            v["next_start"] = 5000u64.into();
+        }),
+        ("a column out of range", |v| {
+            v["complete"] = false.into();
+            v["next_start"] = 10u64.into();
+            v["findings"][0]["references"][0][0] = 99u64.into();
+        }),
+        ("a column count that is not the configuration's", |v| {
+            v["complete"] = false.into();
+            v["next_start"] = 10u64.into();
+            v["references"] = serde_json::json!([1, 2]);
+        }),
+        ("not JSON", |v| *v = "garbage".into()),
+    ];
+    for (case, edit) in edits {
+        let mut edited = saved.clone();
+        edit(&mut edited);
+        std::fs::write(&checkpoint, edited.to_string()).unwrap();
+        let r = run(
+            &[&args(true)[..], &["--range", "0-1000"]].concat(),
+            &CHECKER_ENV,
+        );
+        let line = assert_error(&r, case, &["checkpoint"]);
+        assert!(!line.contains("cannot write"), "{case}: {line}");
+    }
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use blobcheck::demo::FixtureServers;
 use common::{
-    expected_fixture_findings, kill_once_checkpointed, read_findings, write_fixture_config,
+    expected_fixture_findings, kill_once_checkpointed, read_findings, wait_until_checkpointed,
+    write_fixture_config,
 };
 
 fn blobcheck() -> Command {
@@ -203,4 +204,87 @@ fn a_daily_job_with_resume_checks_the_databases_anew_after_a_finished_run() {
         .filter(|f| f.blob_id != repaired.blob_id)
         .collect();
     assert_eq!(rest, expected_rest);
+}
+
+/// SIGTERM (what Kubernetes sends before it kills a pod) and SIGINT stop a
+/// run cleanly: it stops reading, saves its checkpoint, writes its metrics
+/// as a failed run, prints its summary and exits 3; resumed, it ends with
+/// exactly the findings an uninterrupted run gives.
+#[test]
+fn a_signal_stops_the_run_with_checkpoint_summary_and_metrics() {
+    let servers = FixtureServers::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fixture_config(&servers, dir.path());
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let name = if signal == libc::SIGTERM {
+            "SIGTERM"
+        } else {
+            "SIGINT"
+        };
+        let checkpoint = dir.path().join(format!("{name}.checkpoint"));
+        let output = dir.path().join(format!("{name}.jsonl"));
+        let metrics = dir.path().join(format!("{name}.prom"));
+        let run = |resume: bool| {
+            let mut command = blobcheck();
+            command
+                .args(["check", "--config", config.to_str().unwrap()])
+                .args(["--format", "json", "--output", output.to_str().unwrap()])
+                .args(["--checkpoint", checkpoint.to_str().unwrap()])
+                .args(["--metrics-file", metrics.to_str().unwrap()])
+                .args(SLOW)
+                .stderr(Stdio::piped());
+            if resume {
+                command.arg("--resume");
+            }
+            command
+        };
+        let mut child = run(false).spawn().unwrap();
+        wait_until_checkpointed(&mut child, &checkpoint, 2000, Duration::from_secs(60));
+        let sent = std::time::Instant::now();
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let stopped = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&stopped.stderr);
+        assert_eq!(stopped.status.code(), Some(3), "{name}: {stderr}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "{name}: stopped in {:?}",
+            sent.elapsed()
+        );
+        assert!(
+            stderr.contains(&format!("interrupted by {name}")),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("Result: incomplete (interrupted)"),
+            "{name}: the summary: {stderr}"
+        );
+        let prom = std::fs::read_to_string(&metrics).expect("metrics written");
+        assert!(
+            prom.lines()
+                .any(|l| l.starts_with("blobcheck_last_run_success") && l.ends_with(" 0")),
+            "{name}: {prom}"
+        );
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+        assert_eq!(saved["complete"], false, "{name}");
+        let partial = read_findings(&output);
+        assert!(partial.len() < expected_fixture_findings().len(), "{name}");
+
+        let resumed = run(true).output().unwrap();
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert_eq!(resumed.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains("resuming the unfinished run"), "{stderr}");
+        assert_eq!(
+            read_findings(&output),
+            expected_fixture_findings(),
+            "{name}"
+        );
+        let prom = std::fs::read_to_string(&metrics).unwrap();
+        assert!(
+            prom.lines()
+                .any(|l| l.starts_with("blobcheck_last_run_success") && l.ends_with(" 1")),
+            "{name}: {prom}"
+        );
+    }
 }

@@ -204,6 +204,20 @@ pub fn kill_once_checkpointed(
     past: u64,
     within: std::time::Duration,
 ) {
+    wait_until_checkpointed(child, checkpoint, past, within);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Waits until the checkpoint of `child`, a `blobcheck check --checkpoint`,
+/// shows the scan past id `past` with a finding saved. Panics if the run
+/// ends first or that takes longer than `within`.
+pub fn wait_until_checkpointed(
+    child: &mut std::process::Child,
+    checkpoint: &Path,
+    past: u64,
+    within: std::time::Duration,
+) {
     let deadline = std::time::Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -230,8 +244,6 @@ pub fn kill_once_checkpointed(
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// Sorted findings of a JSON-lines file.
