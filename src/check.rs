@@ -559,6 +559,12 @@ impl Run<'_> {
                     return Ok(());
                 }
                 Event::Outcome(Some(outcome)) => {
+                    if !self.options.confirm.enabled() {
+                        // Written before the state moves past the chunk: if
+                        // writing them fails (an affected-rows read on a lost
+                        // server), the checkpoint resumes from the chunk.
+                        self.emit(&outcome.findings, state).await?;
+                    }
                     match outcome.checked {
                         Checked::Exact => self.sketch.exact += 1,
                         Checked::SketchClean => self.sketch.clean += 1,
@@ -582,8 +588,6 @@ impl Run<'_> {
                         candidates.extend(outcome.watch);
                         candidates.sort_by_key(|f| f.blob_id);
                         self.add_candidates(candidates, outcome.read_at);
-                    } else {
-                        self.emit(&outcome.findings, state).await?;
                     }
                 }
                 Event::Outcome(None) => {
@@ -596,8 +600,11 @@ impl Run<'_> {
                     }
                 }
                 Event::Wave(outcome) => {
-                    self.waves.pop_front();
                     let outcome = outcome?;
+                    // Reported before the wave leaves the pending candidates:
+                    // if that fails, the checkpoint still holds them all.
+                    self.emit(&outcome.confirmed, state).await?;
+                    self.waves.pop_front();
                     state.transient += outcome.transient;
                     state.watched += outcome.watched;
                     if !outcome.unsettled.is_empty() {
@@ -613,7 +620,6 @@ impl Run<'_> {
                         );
                     }
                     state.unsettled.extend(outcome.unsettled);
-                    self.emit(&outcome.confirmed, state).await?;
                 }
                 Event::OpenWaveDue => self.launch_open_wave(),
                 Event::CheckpointDue => self.save_checkpoint(state)?,

@@ -116,35 +116,28 @@ pub async fn write_privileges(
     conn: &mut Conn,
 ) -> std::result::Result<Vec<String>, mysql_async::Error> {
     let grants: Vec<String> = conn.query("SHOW GRANTS").await?;
+    Ok(privileges_beyond_reading(&grants))
+}
+
+/// The privileges beyond reading in `SHOW GRANTS` lines, parsed as `doctor`
+/// parses them (column lists such as `SELECT (a, b)` are not privileges).
+fn privileges_beyond_reading(grants: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     for grant in grants {
-        let Some(rest) = grant.strip_prefix("GRANT ") else {
+        // `None`: a role granted to the account; its privileges show separately.
+        let Some((privileges, _, grant_option)) = crate::doctor::parse_grant(grant) else {
             continue;
         };
-        let Some((privileges, _)) = rest.split_once(" ON ") else {
-            // A role granted to the account: its privileges show separately.
-            continue;
-        };
-        for privilege in privileges.split(',') {
-            let privilege = privilege
-                .trim()
-                .split('(')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            if !privilege.is_empty()
-                && !READ_PRIVILEGES.contains(&privilege.as_str())
-                && !found.contains(&privilege)
-            {
+        for privilege in privileges {
+            if !READ_PRIVILEGES.contains(&privilege.as_str()) && !found.contains(&privilege) {
                 found.push(privilege);
             }
         }
-        if rest.contains("WITH GRANT OPTION") && !found.iter().any(|p| p == "GRANT OPTION") {
+        if grant_option && !found.iter().any(|p| p == "GRANT OPTION") {
             found.push("GRANT OPTION".to_owned());
         }
     }
-    Ok(found)
+    found
 }
 
 /// One connection to one server, outside any pool: for the few queries made
@@ -1188,6 +1181,31 @@ mod tests {
             SketchSum::Exact(n) => Some(n),
             SketchSum::Untrusted => None,
         })
+    }
+
+    #[test]
+    fn column_lists_in_grants_are_not_privileges() {
+        let grants = |lines: &[&str]| {
+            privileges_beyond_reading(&lines.iter().map(|l| l.to_string()).collect::<Vec<_>>())
+        };
+        let select_only = [
+            "GRANT USAGE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*AB'",
+            "GRANT SELECT (`Size`, `BlobStorageID`) ON `db`.`BlobStorage` TO `u`@`%`",
+            "GRANT SELECT ON `db`.* TO `u`@`%`",
+            "GRANT `reader` TO `u`@`%`",
+        ];
+        assert_eq!(grants(&select_only), Vec::<String>::new());
+        assert_eq!(
+            grants(&[
+                "GRANT SELECT (`a`, `b`), UPDATE (`c`, `d`), INSERT ON `db`.`t` TO `u`@`%`",
+                "GRANT SELECT ON `db`.* TO `u`@`%` WITH GRANT OPTION",
+            ]),
+            ["UPDATE", "INSERT", "GRANT OPTION"]
+        );
+        assert_eq!(
+            grants(&["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost`"]),
+            ["ALL PRIVILEGES"]
+        );
     }
 
     #[test]

@@ -474,7 +474,7 @@ fn parse_version(version: &str) -> Option<(u32, u32)> {
 /// One line of SHOW GRANTS: its privileges (upper case, column lists
 /// dropped), the object, and whether it carries GRANT OPTION. `None` for
 /// lines that grant a role rather than privileges.
-fn parse_grant(line: &str) -> Option<(Vec<String>, String, bool)> {
+pub(crate) fn parse_grant(line: &str) -> Option<(Vec<String>, String, bool)> {
     let rest = line.trim().strip_prefix("GRANT ")?;
     // Positions of ` ON ` and ` TO ` outside quotes and parentheses.
     let mut quote: Option<char> = None;

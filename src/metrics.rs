@@ -779,12 +779,20 @@ blobcheck_null_references{column="body"} 0
                 .contains("\nblobcheck_last_run_success 0\n")
         );
 
-        // The file is readable by others (node_exporter), as usual files are.
+        // The file gets the permissions a plainly created file gets (0666
+        // less the umask), so node_exporter, usually another user, can read
+        // it wherever the umask lets others read.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_ne!(mode & 0o600, 0, "{mode:o}");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            let plain = dir.path().join("plain");
+            std::fs::File::create(&plain).unwrap();
+            let usual = std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, usual, "{mode:o} against {usual:o}");
+            if usual & 0o004 != 0 {
+                assert_ne!(mode & 0o004, 0, "readable by others: {mode:o}");
+            }
         }
     }
 

@@ -442,3 +442,32 @@ fn doctor_and_repair_sql_from_the_command_line() {
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// The committed fixtures are exactly what `fixtures/generate.py` writes:
+/// run it in a scratch directory (it writes next to itself) and compare
+/// every file byte for byte, so an edit by hand or a changed generator
+/// cannot go unnoticed.
+#[test]
+fn generate_py_reproduces_the_committed_fixtures() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("generate.py");
+    std::fs::copy(fixtures.join("generate.py"), &script).unwrap();
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .expect("python3 must be installed to check the fixtures");
+    assert!(
+        output.status.success(),
+        "generate.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["global.sql", "shard.sql", "expected.jsonl", "README.md"] {
+        let generated = std::fs::read(dir.path().join(name)).unwrap();
+        let committed = std::fs::read(fixtures.join(name)).unwrap();
+        assert!(
+            generated == committed,
+            "fixtures/{name} is not what fixtures/generate.py writes: run python3 fixtures/generate.py and commit the result"
+        );
+    }
+}

@@ -4,7 +4,9 @@
 //! independently (the shard replica applies events one second late, the
 //! global replica at once). With a settle delay longer than the writers'
 //! pause between their two steps plus the lag difference, the confirmed
-//! check reports exactly the injected faults.
+//! check reports exactly the injected faults. At rest, with the shard
+//! replica's SQL thread stopped, `--max-lag` pauses the check until it runs
+//! again.
 
 mod churn_support;
 mod common;
@@ -347,6 +349,72 @@ async fn check_on_replicas_during_churn_on_the_primaries() {
         at_rest.is_exact(),
         "caught up and at rest, the replicas must hold exactly the injected faults: {}",
         at_rest.describe()
+    );
+
+    // The lag throttle, made to act for sure: the shard replica's SQL thread
+    // is stopped before the check starts (`Seconds_Behind_Master` is NULL,
+    // which --max-lag treats as over the limit), so the throttle's first poll
+    // pauses every read; the thread is started again only once the pause is
+    // in the log.
+    {
+        let shard = Arc::clone(&shard);
+        blocking(move || shard.replica.run_sql("STOP SLAVE SQL_THREAD").unwrap()).await;
+    }
+    let logged_before = logs.text().len();
+    let lag_options = CheckOptions {
+        throttle: ThrottleOptions {
+            max_lag: Some(Duration::from_secs(2)),
+            check_interval: Duration::from_millis(200),
+            ..ThrottleOptions::default()
+        },
+        ..CheckOptions::new(ScanOptions::fixed(5_000, 2))
+    };
+    let check = run_check(&config, &lag_options);
+    tokio::pin!(check);
+    let mut restarted = false;
+    let (paused_found, paused) = loop {
+        tokio::select! {
+            done = &mut check => break done,
+            _ = tokio::time::sleep(Duration::from_millis(50)), if !restarted => {
+                if logs.text()[logged_before..].contains("replication is not running") {
+                    let shard = Arc::clone(&shard);
+                    blocking(move || shard.replica.run_sql("START SLAVE SQL_THREAD").unwrap()).await;
+                    restarted = true;
+                }
+            }
+        }
+    };
+    if !restarted {
+        let shard = Arc::clone(&shard);
+        blocking(move || shard.replica.run_sql("START SLAVE SQL_THREAD").unwrap()).await;
+    }
+    assert!(
+        restarted,
+        "the check ran to its end while the shard replica's SQL thread was stopped: --max-lag never paused it"
+    );
+    let paused_found = Comparison::new(&paused_found, &data.expected);
+    let lag_log = logs.text()[logged_before..].to_owned();
+    println!(
+        "with the shard replica's SQL thread stopped at the start: throttled {:.1} s; {}",
+        paused.throttled_seconds,
+        paused_found.describe()
+    );
+    assert!(
+        lag_log.contains("replication is not running") && lag_log.contains("pausing"),
+        "the pause is logged with its reason: {lag_log}"
+    );
+    assert!(
+        lag_log.contains("again, after"),
+        "the end of the pause is logged: {lag_log}"
+    );
+    assert!(
+        paused.throttled_seconds > 0.0,
+        "the lag throttle held the reads back (no rate cap in this run)"
+    );
+    assert!(
+        paused_found.is_exact(),
+        "after the pause the check reports exactly the injected faults: {}",
+        paused_found.describe()
     );
 
     let text = logs.text();
