@@ -130,18 +130,32 @@ async fn pauses_while_threads_running_is_over_the_limit() {
     let load = pool(&server.root_url());
     let watched = pool(&server.root_url());
 
-    // Five connections busy for 3 s, plus the poll itself: 6 > 3.
-    let load_started = Instant::now();
-    let mut sleepers = Vec::new();
+    // Five connections busy until the test says so (each waits for a lock
+    // the test holds), plus the poll itself: 6 > 3. Nothing here depends on
+    // how fast the machine is.
+    let mut holder = load.get_conn().await.unwrap();
+    let _: Vec<Row> = holder
+        .query("SELECT GET_LOCK('thr_threads', 0)")
+        .await
+        .unwrap();
+    let mut waiters = Vec::new();
     for _ in 0..5 {
         let load = load.clone();
-        sleepers.push(tokio::spawn(async move {
+        waiters.push(tokio::spawn(async move {
             let mut conn = load.get_conn().await.unwrap();
-            let _: Vec<Row> = conn.query("SELECT SLEEP(3)").await.unwrap();
+            let _: Vec<Row> = conn
+                .query("SELECT GET_LOCK('thr_threads', 600)")
+                .await
+                .unwrap();
+            let _: Vec<Row> = conn
+                .query("SELECT RELEASE_LOCK('thr_threads')")
+                .await
+                .unwrap();
         }));
     }
-    // Let the sleeps start.
+    // Let the waits start.
     let mut probe = load.get_conn().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows: Vec<(String, String)> = probe
             .query("SHOW GLOBAL STATUS LIKE 'Threads_running'")
@@ -150,7 +164,7 @@ async fn pauses_while_threads_running_is_over_the_limit() {
         if rows[0].1.parse::<u64>().unwrap() >= 6 {
             break;
         }
-        assert!(load_started.elapsed() < Duration::from_secs(2), "{rows:?}");
+        assert!(Instant::now() < deadline, "{rows:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(probe);
@@ -160,18 +174,18 @@ async fn pauses_while_threads_running_is_over_the_limit() {
         !ready_within(&throttle, Duration::from_secs(1)).await,
         "wait_ready returned while 5 queries were running"
     );
+    let _: Vec<Row> = holder
+        .query("SELECT RELEASE_LOCK('thr_threads')")
+        .await
+        .unwrap();
+    drop(holder);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
     assert!(
-        ready_within(&throttle, Duration::from_secs(10)).await,
+        ready_within(&throttle, Duration::from_secs(30)).await,
         "wait_ready still blocked after the queries ended"
     );
-    assert!(
-        load_started.elapsed() >= Duration::from_millis(2500),
-        "{:?}",
-        load_started.elapsed()
-    );
-    for sleeper in sleepers {
-        sleeper.await.unwrap();
-    }
     let stats = throttle.stats();
     assert!(stats.pauses >= 1, "{stats:?}");
     assert!(stats.paused_seconds > 0.5, "{stats:?}");
