@@ -650,6 +650,45 @@ fn sketch_sql(
     )
 }
 
+/// The key of the `(rows + 1)`-th row of `range` through the table's index:
+/// `SELECT key … WHERE key >= start AND key <= end ORDER BY key LIMIT rows, 1`,
+/// an index-only range scan that reads at most `rows + 1` entries and
+/// returns one. A sketch of `range` cut before that key reads at most
+/// `rows` rows of the table (`scan::sketch_range`).
+pub fn sketch_cut_sql(
+    table: &TableName,
+    index: &ServerIdent,
+    key: &Ident,
+    range: IdRange,
+    rows: u64,
+) -> String {
+    sketch_cut_with(
+        table,
+        index,
+        key,
+        &range.start.to_string(),
+        &range.end.to_string(),
+        &rows.to_string(),
+    )
+}
+
+fn sketch_cut_with(
+    table: &TableName,
+    index: &ServerIdent,
+    key: &Ident,
+    start: &str,
+    end: &str,
+    rows: &str,
+) -> String {
+    format!(
+        "SELECT {key} FROM {table} FORCE INDEX ({index}) \
+         WHERE {key} >= {start} AND {key} <= {end} ORDER BY {key} LIMIT {rows}, 1",
+        key = key.quoted(),
+        table = table.quoted(),
+        index = index.quoted(),
+    )
+}
+
 /// The parameters of a sketch statement, in placeholder order: the start
 /// for each of the three `t` and the lower bound, then the end.
 fn sketch_params(range: IdRange) -> Vec<u64> {
@@ -852,7 +891,11 @@ enum Query {
 /// What a query reads, for the rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
+    /// One row read per row returned: the blob table's batches.
     Scan,
+    /// `(id, COUNT(*))` groups: as many rows read as the counts add up to
+    /// (a reference column's batches).
+    ScanGrouped,
     Points,
 }
 
@@ -987,12 +1030,22 @@ impl DbSource {
     ) -> Result<Vec<(u64, u64)>> {
         let name = &self.databases.servers[server].name;
         let rows = self.rows(server, &query).await?;
-        if read == Read::Scan {
-            self.throttle.consume(rows.len() as u64).await;
-        }
-        rows.into_iter()
+        let pairs = rows
+            .into_iter()
             .map(|row| parse_pair(row, name, what))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        match read {
+            Read::Scan => self.throttle.consume(pairs.len() as u64).await,
+            Read::ScanGrouped => {
+                let read = pairs
+                    .iter()
+                    .map(|&(_, n)| n)
+                    .fold(0u64, u64::saturating_add);
+                self.throttle.consume(read).await;
+            }
+            Read::Points => {}
+        }
+        Ok(pairs)
     }
 
     /// Runs one query, retrying with backoff while the failure is one a
@@ -1266,7 +1319,7 @@ impl Source for DbSource {
             || reference_batch_statement(reference),
             || vec![range.start, range.end, limit],
         );
-        self.pairs(reference.server, query, &reference.label, Read::Scan)
+        self.pairs(reference.server, query, &reference.label, Read::ScanGrouped)
             .await
     }
 
@@ -1319,6 +1372,46 @@ impl Source for DbSource {
         );
         self.moments(reference.server, query, &reference.label)
             .await
+    }
+
+    async fn sketch_cut(
+        &self,
+        column: Option<usize>,
+        range: IdRange,
+        rows: u64,
+    ) -> Result<Option<u64>> {
+        let (server, table, index, key, what) = match column {
+            None => {
+                let b = &self.schema.blobs;
+                (b.server, &b.table, &b.index, &b.id, b.table.to_string())
+            }
+            Some(column) => {
+                let r = &self.schema.references[column];
+                (r.server, &r.table, &r.index, &r.column, r.label.clone())
+            }
+        };
+        let query = self.scan_query(
+            || sketch_cut_sql(table, index, key, range, rows),
+            || sketch_cut_with(table, index, key, "?", "?", "?"),
+            || vec![range.start, range.end, rows],
+        );
+        let found = self.rows(server, &query).await?;
+        let Some(mut row) = found.into_iter().next() else {
+            // Counted by `probed` once the sums say how many rows it read.
+            return Ok(None);
+        };
+        self.throttle.consume(rows.saturating_add(1)).await;
+        match row.take_opt::<u64, _>(0) {
+            Some(Ok(id)) => Ok(Some(id)),
+            _ => Err(Error::Query {
+                server: self.databases.servers[server].name.clone(),
+                reason: format!("{what}: an id that is not a non-negative integer"),
+            }),
+        }
+    }
+
+    async fn probed(&self, rows: u64) {
+        self.throttle.consume(rows).await;
     }
 
     fn column_count(&self) -> usize {

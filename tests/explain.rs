@@ -145,6 +145,19 @@ async fn every_scan_query_is_an_index_range_scan() {
         .await;
     }
 
+    // The probes that cut a sketch's range before it is summed: the same
+    // index range scans, stopping at the row after the bound.
+    for range in [IdRange::new(0, 1 << 20), IdRange::new(1 << 63, u64::MAX)] {
+        let blobs = &schema.blobs;
+        assert_range_scans(
+            &databases,
+            &schema,
+            &db::sketch_cut_sql(&blobs.table, &blobs.index, &blobs.id, range, 1024),
+            |r| db::sketch_cut_sql(&r.table, &r.index, &r.column, range, 1024),
+        )
+        .await;
+    }
+
     // Confirmation's point reads: a range of points, never a sort, whether
     // the ids are below 2^63, above it, or both.
     let id_sets: [&[u64]; 3] = [
