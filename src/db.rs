@@ -1055,10 +1055,10 @@ impl DbSource {
     /// behind the scan, but they still wait out pauses for lag and load.
     ///
     /// Nothing here waits past the retry budget: a turn at the server's
-    /// connections is awaited until `retry_for` has passed, a new
-    /// connection is given the server's connect timeout, and the query no
-    /// longer than what is left of the budget plus the connect timeout (and
-    /// never more than `QUERY_TIMEOUT`). A server that accepts TCP and never
+    /// connections is awaited until `retry_for` plus the connect timeout
+    /// have passed, a new connection is given the server's connect timeout,
+    /// and the query no longer than what is left of the budget plus the
+    /// connect timeout (and never more than `QUERY_TIMEOUT`). A server that accepts TCP and never
     /// answers therefore fails the read after about `retry_for` plus the
     /// connect timeout.
     async fn rows(&self, server: usize, query: &Query) -> Result<Vec<Row>> {
@@ -1069,14 +1069,14 @@ impl DbSource {
         loop {
             self.throttle.wait_ready().await;
             let failure = match tokio::time::timeout_at(
-                deadline.into(),
+                (deadline + connect_timeout).into(),
                 self.databases.permits[server].acquire(),
             )
             .await
             {
                 Err(_) | Ok(Err(_)) => format!(
                     "every connection blobcheck may open to the server was busy for {} s",
-                    self.retry_for.as_secs()
+                    (self.retry_for + connect_timeout).as_secs()
                 ),
                 Ok(Ok(_permit)) => {
                     let attempt = async {
@@ -1429,6 +1429,59 @@ mod tests {
             SketchSum::Exact(n) => Some(n),
             SketchSum::Untrusted => None,
         })
+    }
+
+    fn reference(nullable: bool, unsigned: bool, primary_key: &[&str]) -> ReferenceScan {
+        ReferenceScan {
+            server: 0,
+            table: TableName::parse("d.t").unwrap(),
+            column: Ident::new("c").unwrap(),
+            index: ServerIdent("c".into()),
+            info: ColumnInfo {
+                data_type: "bigint".into(),
+                unsigned,
+                nullable,
+            },
+            label: "c".into(),
+            primary_key: primary_key
+                .iter()
+                .map(|k| ServerIdent((*k).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unusable_values_are_read_in_keyset_batches_after_the_last_row() {
+        let two = reference(true, false, &["a", "b"]);
+        assert_eq!(
+            unusable_batch_sql(&two, Unusable::Null, None, 100).unwrap(),
+            "SELECT `a`, `b` FROM `d`.`t` FORCE INDEX (`c`) WHERE `c` IS NULL ORDER BY `a`, `b` LIMIT 100"
+        );
+        let after = ["?".to_owned(), "?".to_owned(), "?".to_owned()];
+        assert_eq!(
+            unusable_batch_sql(&two, Unusable::Negative, Some(&after), 100).unwrap(),
+            "SELECT `c`, `a`, `b` FROM `d`.`t` FORCE INDEX (`c`) WHERE `c` < 0 AND \
+             (`c` > ? OR `c` = ? AND `a` > ? OR `c` = ? AND `a` = ? AND `b` > ?) ORDER BY `c`, `a`, `b` LIMIT 100"
+        );
+        // The placeholders above, from the last row (c, a, b) = (-3, 7, 9).
+        let last = [Value::Int(-3), Value::Int(7), Value::Int(9)];
+        assert_eq!(
+            unusable_params(&last),
+            [-3, -3, 7, -3, 7, 9].map(Value::Int).to_vec()
+        );
+        // What a column cannot hold is not read; without a primary key
+        // nothing resumes a batch.
+        assert!(
+            unusable_batch_sql(&reference(false, false, &["a"]), Unusable::Null, None, 1).is_none()
+        );
+        assert!(
+            unusable_batch_sql(&reference(true, true, &["a"]), Unusable::Negative, None, 1)
+                .is_none()
+        );
+        assert!(
+            unusable_batch_sql(&reference(true, false, &[]), Unusable::Null, None, 1).is_none()
+        );
+        assert!(unusable_count_sql(&reference(true, false, &[]), Unusable::Null).is_some());
     }
 
     #[test]

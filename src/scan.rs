@@ -505,7 +505,7 @@ async fn sketch_range<S: Source>(
             .map(|table| source.sketch_cut(table, range, row_bound)),
     )
     .await?;
-    let (range, rest) = match cuts.into_iter().flatten().min() {
+    let (range, rest) = match cuts.iter().flatten().min().copied() {
         // One id holds more rows than the bound: read as the exact method
         // reads it, the rest sketched again.
         Some(cut) if cut <= range.start => return fallback().await,
@@ -519,11 +519,19 @@ async fn sketch_range<S: Source>(
     let Some((top, columns)) = sketch_moments(source, range).await? else {
         return fallback().await;
     };
-    if rest.is_empty() {
-        // The probes that found no cut read what the sums read.
-        let probed = columns.iter().sum::<u64>() + if probe_blobs { top.blobs.rows } else { 0 };
-        source.probed(probed).await;
-    }
+    // A probe that found no cut read at least what its table's sum read
+    // (the whole range, where nothing was cut); the sketch counts that.
+    let probed_rows = probe_blobs
+        .then_some(top.blobs.rows)
+        .into_iter()
+        .chain(columns.iter().copied());
+    let probed: u64 = cuts
+        .iter()
+        .zip(probed_rows)
+        .filter(|(cut, _)| cut.is_none())
+        .map(|(_, rows)| rows)
+        .sum();
+    source.probed(probed).await;
     let mut outcome = ChunkOutcome {
         range,
         findings: Vec::new(),
