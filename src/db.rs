@@ -1067,7 +1067,21 @@ impl DbSource {
         let deadline = Instant::now() + self.retry_for;
         let mut delay = Duration::from_millis(100);
         loop {
-            self.throttle.wait_ready().await;
+            // A pause (lag, load) that outlasts the budget ends the read
+            // too: a server that stopped answering while over a limit
+            // would otherwise hold every read for good.
+            if tokio::time::timeout_at(deadline.into(), self.throttle.wait_ready())
+                .await
+                .is_err()
+            {
+                return Err(Error::Query {
+                    server: name.clone(),
+                    reason: format!(
+                        "reads stayed paused (--max-lag or --max-threads-running, see the log) for longer than --retry-for {} s",
+                        self.retry_for.as_secs()
+                    ),
+                });
+            }
             let failure = match tokio::time::timeout_at(
                 (deadline + connect_timeout).into(),
                 self.databases.permits[server].acquire(),

@@ -508,3 +508,73 @@ async fn sketch_rows_count_against_the_rate_cap() {
     assert_under_cap(rows, seconds, cap, "sketch check");
     drop(server);
 }
+
+/// A pause that outlasts the retry budget ends the run like a failure that
+/// does: exit 2 and one line, not a wait for good (a server that stopped
+/// answering while over a limit would otherwise hold every read). Here
+/// `--max-threads-running 1` with a query sleeping on the server.
+#[test]
+fn a_pause_longer_than_the_retry_budget_ends_the_run() {
+    let server = start(SandboxOptions::new("paused"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &load(&server, &[(1, 100)], 1, 0, 0));
+    let url = server.root_url();
+    // A second running thread for as long as the test needs.
+    let sleeper = std::thread::spawn(move || {
+        let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&url).unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use mysql_async::prelude::Queryable;
+            let mut conn = pool.get_conn().await.unwrap();
+            let _: Result<Option<u64>, _> = conn.query_first("SELECT SLEEP(60)").await;
+        });
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .query(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'",
+        )
+        .unwrap()
+        .iter()
+        .any(|row| row.first().is_some_and(|n| n == "1"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeping query never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut child = blobcheck()
+        .args(["check", "--config", config.to_str().unwrap()])
+        .args([
+            "--retry-for",
+            "3",
+            "--max-threads-running",
+            "1",
+            "--progress",
+            "none",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr, _) =
+        wait_within(&mut child, Duration::from_secs(3 + 2 + 30), "paused check");
+    assert_eq!(code, 2, "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.contains("reads stayed paused") && last.contains("--retry-for 3 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pausing"), "the pause was logged: {stderr}");
+    for row in server
+        .query("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)'")
+        .unwrap()
+    {
+        let _ = server.run_sql(&format!("KILL QUERY {}", row[0]));
+    }
+    let _ = sleeper.join();
+}
