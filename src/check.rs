@@ -82,6 +82,9 @@ pub struct CheckOptions {
     pub progress: ProgressMode,
     /// How long a failing query is retried before the check gives up.
     pub retry_for: Duration,
+    /// Connections opened to one server at most (the pool's size is capped
+    /// by it; reads beyond it wait for a turn).
+    pub max_connections_per_server: usize,
     /// Rows listed per column for each missing blob or count too low.
     pub affected_rows: u64,
     /// How scan batches travel.
@@ -102,6 +105,7 @@ impl CheckOptions {
             checkpoint: None,
             progress: ProgressMode::None,
             retry_for: Duration::from_secs(300),
+            max_connections_per_server: crate::db::DEFAULT_MAX_CONNECTIONS_PER_SERVER,
             affected_rows: 10,
             protocol: Protocol::from_env(),
             stop: None,
@@ -244,7 +248,9 @@ pub async fn run(
     // Each chunk in flight reads every column of a server at once, the
     // planner reads one batch ahead, and each confirmation wave reads every
     // column of a server at once too.
-    let pool_size = (options.scan.jobs + MAX_WAVES.min(4)) * widest + 2;
+    // Capped by `max_connections_per_server`: the rest wait for a turn.
+    let pool_size = ((options.scan.jobs + MAX_WAVES.min(4)) * widest + 2)
+        .min(options.max_connections_per_server.max(1));
     let databases = Databases::connect(config, pool_size).await?;
     let schema = inspect(config, &databases).await?;
     // Only once the check is sure to run: a failing run says one thing.
@@ -347,12 +353,14 @@ async fn run_with_source(
         config.servers.len()
     );
 
-    // NULLs belong to no id: count them in the run (or the partition) that
-    // covers the start of the id space.
+    // NULLs and negative values belong to no id: count them in the run (or
+    // the partition) that covers the start of the id space, in batches of
+    // the chunk size within the rate cap.
     if range.start == 0 {
-        let unusable = source.unusable_counts().await?;
-        for (column, n) in summary.columns.iter_mut().zip(unusable) {
-            column.null_or_invalid = n;
+        let unusable = source.unusable_counts(options.scan.chunk_size).await?;
+        for (column, (nulls, negative)) in summary.columns.iter_mut().zip(unusable) {
+            column.nulls = nulls;
+            column.negative = negative;
         }
     }
 

@@ -183,6 +183,9 @@ pub struct CheckSettings {
     pub method: Method,
     /// With `method = "sketch"`: rows per sketched chunk.
     pub sketch_rows: u64,
+    /// Connections the check opens to one server at most; reads beyond
+    /// that wait for a turn.
+    pub max_connections_per_server: usize,
 }
 
 /// `exact` reads one row per id and table; `sketch` has the servers sum
@@ -224,6 +227,7 @@ impl Default for CheckSettings {
             affected_rows: 10,
             method: Method::Exact,
             sketch_rows: 8_192,
+            max_connections_per_server: crate::db::DEFAULT_MAX_CONNECTIONS_PER_SERVER,
         }
     }
 }
@@ -307,6 +311,12 @@ impl CheckSettings {
             return Err(format!(
                 "affected rows {} is out of range (0 to 10000)",
                 self.affected_rows
+            ));
+        }
+        if self.max_connections_per_server == 0 || self.max_connections_per_server > 10_000 {
+            return Err(format!(
+                "max connections per server {} is out of range (1 to 10000)",
+                self.max_connections_per_server
             ));
         }
         if self.confirmations > 100 {

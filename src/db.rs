@@ -24,8 +24,14 @@ use crate::throttle::Throttle;
 
 /// How long one batch query may take before it counts as lost (and is
 /// retried). Batches are index range scans of at most a chunk; this is far
-/// above what a healthy one needs.
+/// above what a healthy one needs. A query is also never given longer than
+/// what is left of the retry budget plus the connect timeout (`DbSource::rows`).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Connections per server the check opens at most, unless configured
+/// (`[check] max_connections_per_server`): few enough to leave the
+/// application most of a server's `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SERVER: usize = 10;
 
 /// Statements run on every new connection, before anything else.
 pub const SESSION_SETUP: [&str; 2] = [
@@ -37,6 +43,11 @@ pub const SESSION_SETUP: [&str; 2] = [
 pub struct Databases {
     pub servers: Vec<Server>,
     pub pools: Vec<Pool>,
+    /// Per server, one permit per connection the pool may open: the scan's
+    /// and confirmation's queries wait here for a turn (within the retry
+    /// budget), so that a pool smaller than the reads in flight queues
+    /// them instead of timing them out.
+    permits: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
 /// `host:port` of a server, for messages.
@@ -160,17 +171,26 @@ pub async fn connect_once(server: &Server) -> Result<(Pool, Conn)> {
 }
 
 impl Databases {
+    /// Pools already opened, `max_connections` connections each at most.
+    pub fn from_pools(servers: Vec<Server>, pools: Vec<Pool>, max_connections: usize) -> Databases {
+        Databases {
+            permits: (0..servers.len())
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(max_connections.max(1))))
+                .collect(),
+            servers,
+            pools,
+        }
+    }
+
     /// Opens a pool per server and proves each one answers, so a wrong host
     /// or password is reported before any work starts.
     pub async fn connect(config: &Config, max_connections_per_server: usize) -> Result<Databases> {
+        let max = max_connections_per_server.max(1);
         let mut pools = Vec::with_capacity(config.servers.len());
         for server in &config.servers {
-            pools.push(pool_for(server, max_connections_per_server)?);
+            pools.push(pool_for(server, max)?);
         }
-        let databases = Databases {
-            servers: config.servers.clone(),
-            pools,
-        };
+        let databases = Databases::from_pools(config.servers.clone(), pools, max);
         let checks = (0..databases.servers.len()).map(|i| databases.conn(i));
         futures_util::future::try_join_all(checks).await?;
         Ok(databases)
@@ -223,9 +243,11 @@ impl Databases {
         }
     }
 
+    /// Closes every pool; a server that no longer answers is given its
+    /// connect timeout, then left.
     pub async fn disconnect(self) {
-        for pool in self.pools {
-            let _ = pool.disconnect().await;
+        for (pool, server) in self.pools.into_iter().zip(&self.servers) {
+            let _ = tokio::time::timeout(server.connect_timeout, pool.disconnect()).await;
         }
     }
 }
@@ -648,6 +670,45 @@ fn sketch_sql(
     )
 }
 
+/// The key of the `(rows + 1)`-th row of `range` through the table's index:
+/// `SELECT key … WHERE key >= start AND key <= end ORDER BY key LIMIT rows, 1`,
+/// an index-only range scan that reads at most `rows + 1` entries and
+/// returns one. A sketch of `range` cut before that key reads at most
+/// `rows` rows of the table (`scan::sketch_range`).
+pub fn sketch_cut_sql(
+    table: &TableName,
+    index: &ServerIdent,
+    key: &Ident,
+    range: IdRange,
+    rows: u64,
+) -> String {
+    sketch_cut_with(
+        table,
+        index,
+        key,
+        &range.start.to_string(),
+        &range.end.to_string(),
+        &rows.to_string(),
+    )
+}
+
+fn sketch_cut_with(
+    table: &TableName,
+    index: &ServerIdent,
+    key: &Ident,
+    start: &str,
+    end: &str,
+    rows: &str,
+) -> String {
+    format!(
+        "SELECT {key} FROM {table} FORCE INDEX ({index}) \
+         WHERE {key} >= {start} AND {key} <= {end} ORDER BY {key} LIMIT {rows}, 1",
+        key = key.quoted(),
+        table = table.quoted(),
+        index = index.quoted(),
+    )
+}
+
 /// The parameters of a sketch statement, in placeholder order: the start
 /// for each of the three `t` and the lower bound, then the end.
 fn sketch_params(range: IdRange) -> Vec<u64> {
@@ -725,14 +786,94 @@ pub fn affected_rows_sql(reference: &ReferenceScan, id: u64, limit: u64) -> Opti
     ))
 }
 
-/// Rows whose reference is NULL (not a reference) or, in a signed column,
-/// negative (never a blob id).
-pub fn unusable_count_sql(reference: &ReferenceScan) -> Option<String> {
-    let condition = match (reference.info.nullable, reference.info.unsigned) {
-        (false, true) => return None,
-        (true, true) => format!("{} IS NULL", reference.column.quoted()),
-        (false, false) => format!("{} < 0", reference.column.quoted()),
-        (true, false) => format!("({c} IS NULL OR {c} < 0)", c = reference.column.quoted()),
+/// Values of a reference column that are no reference: NULL, or in a
+/// signed column a negative number (never a blob id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    Null,
+    Negative,
+}
+
+/// The columns one batch of `kind` rows is ordered and resumed by: the
+/// table's primary key, behind the column itself for negative values (the
+/// order of the column's index, which InnoDB extends with the primary key).
+fn unusable_keys(reference: &ReferenceScan, kind: Unusable) -> Vec<String> {
+    let mut keys = Vec::with_capacity(reference.primary_key.len() + 1);
+    if kind == Unusable::Negative {
+        keys.push(reference.column.quoted());
+    }
+    keys.extend(reference.primary_key.iter().map(ServerIdent::quoted));
+    keys
+}
+
+/// Whether a column can hold `kind` values at all.
+pub fn can_hold(reference: &ReferenceScan, kind: Unusable) -> bool {
+    match kind {
+        Unusable::Null => reference.info.nullable,
+        Unusable::Negative => !reference.info.unsigned,
+    }
+}
+
+/// One bounded batch of the rows whose value is `kind`, by keyset over the
+/// column's index: `SELECT keys … WHERE col IS NULL [AND keys > after]
+/// ORDER BY keys LIMIT n` (for negative values `col < 0`, with the column
+/// as the first key). `after` holds one value (SQL literal or `?`) per key,
+/// the last row of the previous batch. `None` when the column cannot hold
+/// such values or the table has no primary key to resume by.
+pub fn unusable_batch_sql(
+    reference: &ReferenceScan,
+    kind: Unusable,
+    after: Option<&[String]>,
+    limit: u64,
+) -> Option<String> {
+    if !can_hold(reference, kind) || reference.primary_key.is_empty() {
+        return None;
+    }
+    let col = reference.column.quoted();
+    let keys = unusable_keys(reference, kind);
+    let mut condition = match kind {
+        Unusable::Null => format!("{col} IS NULL"),
+        Unusable::Negative => format!("{col} < 0"),
+    };
+    if let Some(after) = after {
+        // (k1, k2, …) > (v1, v2, …), spelled out so that every MySQL and
+        // MariaDB version turns it into index ranges.
+        let alternatives: Vec<String> = (0..keys.len())
+            .map(|i| {
+                let mut terms: Vec<String> = (0..i)
+                    .map(|j| format!("{} = {}", keys[j], after[j]))
+                    .collect();
+                terms.push(format!("{} > {}", keys[i], after[i]));
+                terms.join(" AND ")
+            })
+            .collect();
+        condition = format!("{condition} AND ({})", alternatives.join(" OR "));
+    }
+    Some(format!(
+        "SELECT {keys} FROM {table} FORCE INDEX ({index}) WHERE {condition} ORDER BY {keys} LIMIT {limit}",
+        keys = keys.join(", "),
+        table = reference.table.quoted(),
+        index = reference.index.quoted(),
+    ))
+}
+
+/// The parameters of `unusable_batch_sql` with `?` for `after`, in
+/// placeholder order, from the previous batch's last row.
+fn unusable_params(last: &[mysql_async::Value]) -> Vec<mysql_async::Value> {
+    (0..last.len())
+        .flat_map(|i| last[..=i].iter().cloned())
+        .collect()
+}
+
+/// Rows whose reference is `kind`, in one unbounded count: only for a table
+/// without a primary key, which no keyset can resume.
+pub fn unusable_count_sql(reference: &ReferenceScan, kind: Unusable) -> Option<String> {
+    if !can_hold(reference, kind) {
+        return None;
+    }
+    let condition = match kind {
+        Unusable::Null => format!("{} IS NULL", reference.column.quoted()),
+        Unusable::Negative => format!("{} < 0", reference.column.quoted()),
     };
     Some(format!(
         "SELECT COUNT(*) FROM {} FORCE INDEX ({}) WHERE {condition}",
@@ -764,13 +905,17 @@ impl Protocol {
 /// A query: SQL text, or a statement to prepare with its parameters.
 enum Query {
     Text(String),
-    Prepared(String, Vec<u64>),
+    Prepared(String, Vec<mysql_async::Value>),
 }
 
 /// What a query reads, for the rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
+    /// One row read per row returned: the blob table's batches.
     Scan,
+    /// `(id, COUNT(*))` groups: as many rows read as the counts add up to
+    /// (a reference column's batches).
+    ScanGrouped,
     Points,
 }
 
@@ -895,7 +1040,10 @@ impl DbSource {
     ) -> Query {
         match self.protocol {
             Protocol::Text => Query::Text(text()),
-            Protocol::Binary => Query::Prepared(statement(), params()),
+            Protocol::Binary => Query::Prepared(
+                statement(),
+                params().into_iter().map(mysql_async::Value::from).collect(),
+            ),
         }
     }
 
@@ -909,12 +1057,22 @@ impl DbSource {
     ) -> Result<Vec<(u64, u64)>> {
         let name = &self.databases.servers[server].name;
         let rows = self.rows(server, &query).await?;
-        if read == Read::Scan {
-            self.throttle.consume(rows.len() as u64).await;
-        }
-        rows.into_iter()
+        let pairs = rows
+            .into_iter()
             .map(|row| parse_pair(row, name, what))
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        match read {
+            Read::Scan => self.throttle.consume(pairs.len() as u64).await,
+            Read::ScanGrouped => {
+                let read = pairs
+                    .iter()
+                    .map(|&(_, n)| n)
+                    .fold(0u64, u64::saturating_add);
+                self.throttle.consume(read).await;
+            }
+            Read::Points => {}
+        }
+        Ok(pairs)
     }
 
     /// Runs one query, retrying with backoff while the failure is one a
@@ -922,31 +1080,82 @@ impl DbSource {
     /// `--max-rows-per-second` (the caller consumes); confirmation's point
     /// reads (a few ids each) do not, so that findings are not held back
     /// behind the scan, but they still wait out pauses for lag and load.
+    ///
+    /// Nothing here waits past the retry budget: a turn at the server's
+    /// connections is awaited until `retry_for` plus the connect timeout
+    /// have passed, a new connection is given the server's connect timeout,
+    /// and the query no longer than what is left of the budget plus the
+    /// connect timeout (and never more than `QUERY_TIMEOUT`). A server that accepts TCP and never
+    /// answers therefore fails the read after about `retry_for` plus the
+    /// connect timeout.
     async fn rows(&self, server: usize, query: &Query) -> Result<Vec<Row>> {
         let name = &self.databases.servers[server].name;
+        let connect_timeout = self.databases.servers[server].connect_timeout;
         let deadline = Instant::now() + self.retry_for;
         let mut delay = Duration::from_millis(100);
         loop {
-            self.throttle.wait_ready().await;
-            let attempt = async {
-                let mut conn = self.databases.pools[server].get_conn().await?;
-                match query {
-                    Query::Text(sql) => conn.query::<Row, _>(sql.as_str()).await,
-                    Query::Prepared(statement, params) => {
-                        let params: Vec<mysql_async::Value> =
-                            params.iter().map(|&p| p.into()).collect();
-                        conn.exec::<Row, _, _>(statement.as_str(), params).await
+            // A pause (lag, load) that outlasts the budget ends the read
+            // too: a server that stopped answering while over a limit
+            // would otherwise hold every read for good.
+            if tokio::time::timeout_at(deadline.into(), self.throttle.wait_ready())
+                .await
+                .is_err()
+            {
+                return Err(Error::Query {
+                    server: name.clone(),
+                    reason: format!(
+                        "reads stayed paused (--max-lag or --max-threads-running, see the log) for longer than --retry-for {} s",
+                        self.retry_for.as_secs()
+                    ),
+                });
+            }
+            let failure = match tokio::time::timeout_at(
+                (deadline + connect_timeout).into(),
+                self.databases.permits[server].acquire(),
+            )
+            .await
+            {
+                Err(_) | Ok(Err(_)) => format!(
+                    "every connection blobcheck may open to the server was busy for {} s",
+                    (self.retry_for + connect_timeout).as_secs()
+                ),
+                Ok(Ok(_permit)) => {
+                    let attempt = async {
+                        let mut conn = match tokio::time::timeout(
+                            connect_timeout,
+                            self.databases.pools[server].get_conn(),
+                        )
+                        .await
+                        {
+                            Ok(Ok(conn)) => conn,
+                            Ok(Err(e)) => return Err(Some(e)),
+                            Err(_) => return Err(None),
+                        };
+                        let left =
+                            deadline.saturating_duration_since(Instant::now()) + connect_timeout;
+                        let run = async {
+                            match query {
+                                Query::Text(sql) => conn.query::<Row, _>(sql.as_str()).await,
+                                Query::Prepared(statement, params) => {
+                                    conn.exec::<Row, _, _>(statement.as_str(), params.clone())
+                                        .await
+                                }
+                            }
+                        };
+                        match tokio::time::timeout(left.min(QUERY_TIMEOUT), run).await {
+                            Ok(result) => result.map_err(Some),
+                            Err(_) => Err(None),
+                        }
+                    };
+                    match attempt.await {
+                        Ok(rows) => return Ok(rows),
+                        Err(Some(e)) if !retryable(&e) => {
+                            return Err(self.databases.query_error(server, e));
+                        }
+                        Err(Some(e)) => one_line(e),
+                        Err(None) => "no answer in time".to_owned(),
                     }
                 }
-            };
-            let limit = self.databases.servers[server].connect_timeout + QUERY_TIMEOUT;
-            let failure = match tokio::time::timeout(limit, attempt).await {
-                Ok(Ok(rows)) => return Ok(rows),
-                Ok(Err(e)) if !retryable(&e) => {
-                    return Err(self.databases.query_error(server, e));
-                }
-                Ok(Err(e)) => one_line(e),
-                Err(_) => "no answer in time".to_owned(),
             };
             if Instant::now() + delay > deadline {
                 return Err(Error::Query {
@@ -1007,12 +1216,12 @@ impl DbSource {
     /// The smallest and largest blob id, `None` for an empty table.
     pub async fn blob_id_span(&self) -> Result<Option<(u64, u64)>> {
         let blobs = &self.schema.blobs;
-        let mut conn = self.databases.conn(blobs.server).await?;
-        let row: Option<Row> = conn
-            .query_first(blob_id_span_sql(blobs))
-            .await
-            .map_err(|e| self.databases.query_error(blobs.server, e))?;
-        let Some(row) = row else { return Ok(None) };
+        let rows = self
+            .rows(blobs.server, &Query::Text(blob_id_span_sql(blobs)))
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
         // A signed id column may hold negative ids, which no unsigned
         // reference can name and the scan (0 to 2⁶⁴ − 1) never reads.
         let id_at = |i: usize| -> Result<Option<u64>> {
@@ -1046,11 +1255,7 @@ impl DbSource {
             let Some(sql) = affected_rows_sql(reference, finding.blob_id, limit) else {
                 continue;
             };
-            let mut conn = self.databases.conn(reference.server).await?;
-            let found: Vec<Row> = conn
-                .query(sql)
-                .await
-                .map_err(|e| self.databases.query_error(reference.server, e))?;
+            let found = self.rows(reference.server, &Query::Text(sql)).await?;
             for row in found {
                 let key = reference
                     .primary_key
@@ -1068,22 +1273,78 @@ impl DbSource {
         Ok(rows)
     }
 
-    /// NULL (and, in signed columns, negative) values per reference column.
-    pub async fn unusable_counts(&self) -> Result<Vec<u64>> {
+    /// NULL and negative values per reference column, `(nulls, negative)`.
+    /// Read in batches of at most `limit` rows by keyset over the column's
+    /// index (`unusable_batch_sql`), each counted against
+    /// `--max-rows-per-second` and retried like the scan's batches.
+    pub async fn unusable_counts(&self, limit: u64) -> Result<Vec<(u64, u64)>> {
         let mut counts = Vec::with_capacity(self.schema.references.len());
         for reference in &self.schema.references {
-            let Some(sql) = unusable_count_sql(reference) else {
-                counts.push(0);
-                continue;
-            };
-            let mut conn = self.databases.conn(reference.server).await?;
-            let n: Option<u64> = conn
-                .query_first(sql)
-                .await
-                .map_err(|e| self.databases.query_error(reference.server, e))?;
-            counts.push(n.unwrap_or(0));
+            let nulls = self
+                .unusable_count(reference, Unusable::Null, limit)
+                .await?;
+            let negative = self
+                .unusable_count(reference, Unusable::Negative, limit)
+                .await?;
+            counts.push((nulls, negative));
         }
         Ok(counts)
+    }
+
+    async fn unusable_count(
+        &self,
+        reference: &ReferenceScan,
+        kind: Unusable,
+        limit: u64,
+    ) -> Result<u64> {
+        let limit = limit.max(1);
+        if !can_hold(reference, kind) {
+            return Ok(0);
+        }
+        let Some(first) = unusable_batch_sql(reference, kind, None, limit) else {
+            // No primary key: nothing to resume a batch by.
+            tracing::warn!(
+                "`{}` has no primary key: its {} values are counted in one read, not in batches",
+                reference.label,
+                if kind == Unusable::Null {
+                    "NULL"
+                } else {
+                    "negative"
+                }
+            );
+            let Some(sql) = unusable_count_sql(reference, kind) else {
+                return Ok(0);
+            };
+            let rows = self.rows(reference.server, &Query::Text(sql)).await?;
+            let n = rows
+                .into_iter()
+                .next()
+                .and_then(|mut row| row.take_opt::<u64, _>(0))
+                .and_then(std::result::Result::ok)
+                .unwrap_or(0);
+            self.throttle.consume(n).await;
+            return Ok(n);
+        };
+        let keys = unusable_keys(reference, kind).len();
+        let placeholders = vec!["?".to_owned(); keys];
+        let Some(next) = unusable_batch_sql(reference, kind, Some(&placeholders), limit) else {
+            return Ok(0);
+        };
+        let mut query = Query::Prepared(first, Vec::new());
+        let mut total = 0;
+        loop {
+            let rows = self.rows(reference.server, &query).await?;
+            let n = rows.len() as u64;
+            total += n;
+            self.throttle.consume(n).await;
+            if n < limit {
+                return Ok(total);
+            }
+            let Some(last) = rows.into_iter().last() else {
+                return Ok(total);
+            };
+            query = Query::Prepared(next.clone(), unusable_params(&last.unwrap()));
+        }
     }
 }
 
@@ -1111,7 +1372,7 @@ impl Source for DbSource {
             || reference_batch_statement(reference),
             || vec![range.start, range.end, limit],
         );
-        self.pairs(reference.server, query, &reference.label, Read::Scan)
+        self.pairs(reference.server, query, &reference.label, Read::ScanGrouped)
             .await
     }
 
@@ -1166,6 +1427,46 @@ impl Source for DbSource {
             .await
     }
 
+    async fn sketch_cut(
+        &self,
+        column: Option<usize>,
+        range: IdRange,
+        rows: u64,
+    ) -> Result<Option<u64>> {
+        let (server, table, index, key, what) = match column {
+            None => {
+                let b = &self.schema.blobs;
+                (b.server, &b.table, &b.index, &b.id, b.table.to_string())
+            }
+            Some(column) => {
+                let r = &self.schema.references[column];
+                (r.server, &r.table, &r.index, &r.column, r.label.clone())
+            }
+        };
+        let query = self.scan_query(
+            || sketch_cut_sql(table, index, key, range, rows),
+            || sketch_cut_with(table, index, key, "?", "?", "?"),
+            || vec![range.start, range.end, rows],
+        );
+        let found = self.rows(server, &query).await?;
+        let Some(mut row) = found.into_iter().next() else {
+            // Counted by `probed` once the sums say how many rows it read.
+            return Ok(None);
+        };
+        self.throttle.consume(rows.saturating_add(1)).await;
+        match row.take_opt::<u64, _>(0) {
+            Some(Ok(id)) => Ok(Some(id)),
+            _ => Err(Error::Query {
+                server: self.databases.servers[server].name.clone(),
+                reason: format!("{what}: an id that is not a non-negative integer"),
+            }),
+        }
+    }
+
+    async fn probed(&self, rows: u64) {
+        self.throttle.consume(rows).await;
+    }
+
     fn column_count(&self) -> usize {
         self.schema.references.len()
     }
@@ -1181,6 +1482,59 @@ mod tests {
             SketchSum::Exact(n) => Some(n),
             SketchSum::Untrusted => None,
         })
+    }
+
+    fn reference(nullable: bool, unsigned: bool, primary_key: &[&str]) -> ReferenceScan {
+        ReferenceScan {
+            server: 0,
+            table: TableName::parse("d.t").unwrap(),
+            column: Ident::new("c").unwrap(),
+            index: ServerIdent("c".into()),
+            info: ColumnInfo {
+                data_type: "bigint".into(),
+                unsigned,
+                nullable,
+            },
+            label: "c".into(),
+            primary_key: primary_key
+                .iter()
+                .map(|k| ServerIdent((*k).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unusable_values_are_read_in_keyset_batches_after_the_last_row() {
+        let two = reference(true, false, &["a", "b"]);
+        assert_eq!(
+            unusable_batch_sql(&two, Unusable::Null, None, 100).unwrap(),
+            "SELECT `a`, `b` FROM `d`.`t` FORCE INDEX (`c`) WHERE `c` IS NULL ORDER BY `a`, `b` LIMIT 100"
+        );
+        let after = ["?".to_owned(), "?".to_owned(), "?".to_owned()];
+        assert_eq!(
+            unusable_batch_sql(&two, Unusable::Negative, Some(&after), 100).unwrap(),
+            "SELECT `c`, `a`, `b` FROM `d`.`t` FORCE INDEX (`c`) WHERE `c` < 0 AND \
+             (`c` > ? OR `c` = ? AND `a` > ? OR `c` = ? AND `a` = ? AND `b` > ?) ORDER BY `c`, `a`, `b` LIMIT 100"
+        );
+        // The placeholders above, from the last row (c, a, b) = (-3, 7, 9).
+        let last = [Value::Int(-3), Value::Int(7), Value::Int(9)];
+        assert_eq!(
+            unusable_params(&last),
+            [-3, -3, 7, -3, 7, 9].map(Value::Int).to_vec()
+        );
+        // What a column cannot hold is not read; without a primary key
+        // nothing resumes a batch.
+        assert!(
+            unusable_batch_sql(&reference(false, false, &["a"]), Unusable::Null, None, 1).is_none()
+        );
+        assert!(
+            unusable_batch_sql(&reference(true, true, &["a"]), Unusable::Negative, None, 1)
+                .is_none()
+        );
+        assert!(
+            unusable_batch_sql(&reference(true, false, &[]), Unusable::Null, None, 1).is_none()
+        );
+        assert!(unusable_count_sql(&reference(true, false, &[]), Unusable::Null).is_some());
     }
 
     #[test]

@@ -248,10 +248,7 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> Result<bool> {
             }
         }
     }
-    let databases = Databases {
-        servers: config.servers.clone(),
-        pools,
-    };
+    let databases = Databases::from_pools(config.servers.clone(), pools, 1);
     let doctor = Doctor {
         config,
         db: &databases,
@@ -730,7 +727,38 @@ impl Doctor<'_> {
         }
 
         self.replication(report, &mut conn, &facts).await?;
+        self.connections(report, &mut conn).await?;
         Ok(facts)
+    }
+
+    /// Compares the connections a check opens at most with what the server
+    /// accepts: over half of `max_connections` leaves the application too
+    /// few.
+    async fn connections(&self, report: &mut Report<'_>, conn: &mut Conn) -> Result<()> {
+        let cap = self.config.check.max_connections_per_server;
+        let max: std::result::Result<Option<u64>, _> =
+            conn.query_first("SELECT @@GLOBAL.max_connections").await;
+        match max {
+            Ok(Some(max)) if (cap as u64).saturating_mul(2) > max => report.line_fix(
+                Mark::Warn,
+                format!(
+                    "blobcheck may open {cap} connections, more than half of max_connections {max}"
+                ),
+                Some(format!(
+                    "set [check] max_connections_per_server (or --max-connections-per-server) to {} or less",
+                    (max / 2).max(1)
+                )),
+            ),
+            Ok(Some(max)) => report.line(
+                Mark::Ok,
+                format!("blobcheck opens at most {cap} of max_connections {max}"),
+            ),
+            Ok(None) => Ok(()),
+            Err(e) => report.line(
+                Mark::Warn,
+                format!("cannot read @@max_connections: {}", one_line(e)),
+            ),
+        }
     }
 
     async fn tls(&self, report: &mut Report<'_>, server: &Server, conn: &mut Conn) -> Result<()> {
@@ -1491,8 +1519,17 @@ impl Doctor<'_> {
         if let Some(sql) = db::affected_rows_sql(scan, 1, self.config.check.affected_rows.max(1)) {
             queries.push(("affected rows", sql));
         }
-        if let Some(sql) = db::unusable_count_sql(scan) {
-            queries.push(("NULL count", sql));
+        let limit = self.config.check.chunk_size;
+        let unusable = [
+            ("NULL count", db::Unusable::Null),
+            ("negative count", db::Unusable::Negative),
+        ];
+        for (what, kind) in unusable {
+            if let Some(sql) = db::unusable_batch_sql(scan, kind, None, limit)
+                .or_else(|| db::unusable_count_sql(scan, kind))
+            {
+                queries.push((what, sql));
+            }
         }
         for (what, sql) in queries {
             self.explain(report, &mut conn, what, &sql, Expect::Index(key))

@@ -89,6 +89,9 @@ struct CheckArgs {
     /// Seconds a failing query is retried before the check gives up [config: check.retry_for; default 300].
     #[arg(long, value_name = "SECONDS")]
     retry_for: Option<f64>,
+    /// Connections opened to one server at most; reads beyond that wait for a turn [config: check.max_connections_per_server; default 10].
+    #[arg(long, value_name = "N")]
+    max_connections_per_server: Option<usize>,
     /// Rows listed per column for each missing blob or count too low; 0 lists none [config: check.affected_rows; default 10].
     #[arg(long, value_name = "N")]
     affected_rows: Option<u64>,
@@ -367,6 +370,9 @@ async fn check_with(
     settings.max_rows_per_second = args.max_rows_per_second.or(settings.max_rows_per_second);
     settings.retry_for = args.retry_for.unwrap_or(settings.retry_for);
     settings.affected_rows = args.affected_rows.unwrap_or(settings.affected_rows);
+    settings.max_connections_per_server = args
+        .max_connections_per_server
+        .unwrap_or(settings.max_connections_per_server);
     settings.method = args.method.unwrap_or(settings.method);
     settings.sketch_rows = args.sketch_rows.unwrap_or(settings.sketch_rows);
     settings.validate().map_err(Error::Usage)?;
@@ -404,6 +410,7 @@ async fn check_with(
             args.progress
         },
         retry_for: settings.retry_for(),
+        max_connections_per_server: settings.max_connections_per_server,
         affected_rows: settings.affected_rows,
         protocol: blobcheck::db::Protocol::from_env(),
         stop,

@@ -187,17 +187,23 @@ pub fn render(run: &RunMetrics) -> String {
 
     // Labels are unique in a valid configuration; should two columns share
     // one, they are added up rather than written as a duplicate series.
-    let mut columns: Vec<(&str, u64, u64)> = Vec::with_capacity(summary.columns.len());
+    let mut columns: Vec<(&str, u64, u64, u64)> = Vec::with_capacity(summary.columns.len());
     for column in &summary.columns {
         match columns
             .iter_mut()
             .find(|(label, ..)| *label == column.label)
         {
-            Some((_, references, nulls)) => {
+            Some((_, references, nulls, negative)) => {
                 *references += column.references;
-                *nulls += column.null_or_invalid;
+                *nulls += column.nulls;
+                *negative += column.negative;
             }
-            None => columns.push((&column.label, column.references, column.null_or_invalid)),
+            None => columns.push((
+                &column.label,
+                column.references,
+                column.nulls,
+                column.negative,
+            )),
         }
     }
     if !columns.is_empty() {
@@ -205,7 +211,7 @@ pub fn render(run: &RunMetrics) -> String {
             "blobcheck_references_scanned",
             "References counted by the last run, per reference column.",
         );
-        for (label, references, _) in &columns {
+        for (label, references, ..) in &columns {
             out.sample(
                 "blobcheck_references_scanned",
                 &[("column", label)],
@@ -214,13 +220,24 @@ pub fn render(run: &RunMetrics) -> String {
         }
         out.family(
             "blobcheck_null_references",
-            "NULL or negative values seen in a reference column by the last run (not references).",
+            "NULL values seen in a reference column by the last run (not references).",
         );
-        for (label, _, nulls) in &columns {
+        for (label, _, nulls, _) in &columns {
             out.sample(
                 "blobcheck_null_references",
                 &[("column", label)],
                 &nulls.to_string(),
+            );
+        }
+        out.family(
+            "blobcheck_negative_references",
+            "Negative values seen in a signed reference column by the last run (not references).",
+        );
+        for (label, _, _, negative) in &columns {
+            out.sample(
+                "blobcheck_negative_references",
+                &[("column", label)],
+                &negative.to_string(),
             );
         }
     }
@@ -497,12 +514,14 @@ mod tests {
                 ColumnSummary {
                     label: "global:ProtonMailGlobal.SentMessage.BlobStorageID".into(),
                     references: 700_000,
-                    null_or_invalid: 12,
+                    nulls: 12,
+                    negative: 3,
                 },
                 ColumnSummary {
                     label: "body".into(),
                     references: 300_001,
-                    null_or_invalid: 0,
+                    nulls: 0,
+                    negative: 0,
                 },
             ],
             findings: FindingCounts {
@@ -562,10 +581,14 @@ blobcheck_blob_rows_scanned{table="ProtonMailGlobal.BlobStorage"} 1000000
 # TYPE blobcheck_references_scanned gauge
 blobcheck_references_scanned{column="global:ProtonMailGlobal.SentMessage.BlobStorageID"} 700000
 blobcheck_references_scanned{column="body"} 300001
-# HELP blobcheck_null_references NULL or negative values seen in a reference column by the last run (not references).
+# HELP blobcheck_null_references NULL values seen in a reference column by the last run (not references).
 # TYPE blobcheck_null_references gauge
 blobcheck_null_references{column="global:ProtonMailGlobal.SentMessage.BlobStorageID"} 12
 blobcheck_null_references{column="body"} 0
+# HELP blobcheck_negative_references Negative values seen in a signed reference column by the last run (not references).
+# TYPE blobcheck_negative_references gauge
+blobcheck_negative_references{column="global:ProtonMailGlobal.SentMessage.BlobStorageID"} 3
+blobcheck_negative_references{column="body"} 0
 "#;
 
     #[test]

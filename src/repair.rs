@@ -232,7 +232,11 @@ pub async fn run(config: &Config, findings: &Path, out: &mut dyn Write) -> Resul
         })
         .max()
         .unwrap_or(1);
-    let databases = Databases::connect(config, widest + 2).await?;
+    let databases = Databases::connect(
+        config,
+        (widest + 2).min(config.check.max_connections_per_server),
+    )
+    .await?;
     let schema = match inspect(config, &databases).await {
         Ok(schema) => schema,
         Err(e) => {

@@ -105,7 +105,10 @@ pub struct SketchCounts {
 pub struct ColumnSummary {
     pub label: String,
     pub references: u64,
-    pub null_or_invalid: u64,
+    /// Rows whose value is NULL: not a reference.
+    pub nulls: u64,
+    /// Rows whose value is negative (signed columns): never a blob id.
+    pub negative: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -433,12 +436,22 @@ pub fn summary_text(summary: &Summary) -> String {
             column.label,
             thousands(column.references)
         );
-        if column.null_or_invalid > 0 {
-            let _ = write!(
-                s,
-                "  (+{} NULL, not references)",
-                thousands(column.null_or_invalid)
-            );
+        match (column.nulls, column.negative) {
+            (0, 0) => {}
+            (nulls, 0) => {
+                let _ = write!(s, "  (+{} NULL, not references)", thousands(nulls));
+            }
+            (0, negative) => {
+                let _ = write!(s, "  (+{} negative, not references)", thousands(negative));
+            }
+            (nulls, negative) => {
+                let _ = write!(
+                    s,
+                    "  (+{} NULL and {} negative, not references)",
+                    thousands(nulls),
+                    thousands(negative)
+                );
+            }
         }
         let _ = writeln!(s);
     }

@@ -77,6 +77,29 @@ pub trait Source: Send + Sync + 'static {
         range: IdRange,
     ) -> impl Future<Output = Result<Option<Moments>>> + Send;
 
+    /// The key of the `(rows + 1)`-th row in key order of `range` in the
+    /// blob table (`column` `None`) or in one reference column: a sketch of
+    /// `range` that ends before it reads at most `rows` rows of that table.
+    /// `None` when the range holds `rows` rows or fewer. Reads at most
+    /// `rows + 1` rows. The default never cuts: for test sources small
+    /// enough not to need it.
+    fn sketch_cut(
+        &self,
+        column: Option<usize>,
+        range: IdRange,
+        rows: u64,
+    ) -> impl Future<Output = Result<Option<u64>>> + Send {
+        let _ = (column, range, rows);
+        async { Ok(None) }
+    }
+
+    /// `rows` read by `sketch_cut` probes that found no cut (they read what
+    /// the sums then read again), for the rate cap.
+    fn probed(&self, rows: u64) -> impl Future<Output = ()> + Send {
+        let _ = rows;
+        async {}
+    }
+
     fn column_count(&self) -> usize;
 }
 
@@ -464,14 +487,51 @@ async fn sketch_range<S: Source>(
     limit: u64,
     hot_threshold: u64,
     split_min_rows: u64,
+    row_bound: u64,
 ) -> Result<(ChunkOutcome, Vec<Work>)> {
     let fallback = || exact_part(source, range, limit, hot_threshold);
     if span_of(range) > sketch::MAX_SPAN {
         return fallback().await;
     }
+    // Where every table holds at most `row_bound` rows: the blob table
+    // (one row per id) cannot hold more than the span, a reference column
+    // can, so it is always probed.
+    let probe_blobs = span_of(range) > row_bound;
+    let cuts = try_join_all(
+        probe_blobs
+            .then_some(None)
+            .into_iter()
+            .chain((0..source.column_count()).map(Some))
+            .map(|table| source.sketch_cut(table, range, row_bound)),
+    )
+    .await?;
+    let (range, rest) = match cuts.iter().flatten().min().copied() {
+        // One id holds more rows than the bound: read as the exact method
+        // reads it, the rest sketched again.
+        Some(cut) if cut <= range.start => return fallback().await,
+        Some(cut) => (
+            IdRange::new(range.start, cut - 1),
+            vec![Work::Sketch(IdRange::new(cut, range.end))],
+        ),
+        None => (range, Vec::new()),
+    };
+    let fallback = || exact_part(source, range, limit, hot_threshold);
     let Some((top, columns)) = sketch_moments(source, range).await? else {
         return fallback().await;
     };
+    // A probe that found no cut read at least what its table's sum read
+    // (the whole range, where nothing was cut); the sketch counts that.
+    let probed_rows = probe_blobs
+        .then_some(top.blobs.rows)
+        .into_iter()
+        .chain(columns.iter().copied());
+    let probed: u64 = cuts
+        .iter()
+        .zip(probed_rows)
+        .filter(|(cut, _)| cut.is_none())
+        .map(|(_, rows)| rows)
+        .sum();
+    source.probed(probed).await;
     let mut outcome = ChunkOutcome {
         range,
         findings: Vec::new(),
@@ -515,7 +575,7 @@ async fn sketch_range<S: Source>(
         .findings
         .sort_unstable_by_key(|finding| finding.blob_id);
     outcome.read_at = Instant::now();
-    Ok((outcome, Vec::new()))
+    Ok((outcome, rest))
 }
 
 /// Scans `range`, sending each chunk's outcome to `outcomes` in ascending
@@ -540,9 +600,11 @@ pub async fn scan<S: Source>(
         Method::Sketch { target_rows } => target_rows,
         Method::Exact => options.chunk_size,
     })));
-    let split_min_rows = match options.method {
-        Method::Sketch { target_rows } => split_min_rows(target_rows),
-        Method::Exact => 0,
+    let (split_min_rows, row_bound) = match options.method {
+        Method::Sketch { target_rows } => {
+            (split_min_rows(target_rows), sketch::row_bound(target_rows))
+        }
+        Method::Exact => (0, u64::MAX),
     };
     let spawn_work = |tasks: &mut JoinSet<_>, work: Work| {
         let source = Arc::clone(&source);
@@ -559,7 +621,15 @@ pub async fn scan<S: Source>(
                 }
                 Work::Sketch(range) => {
                     let limit = sizer.lock().unwrap().size();
-                    sketch_range(&*source, range, limit, hot_threshold, split_min_rows).await?
+                    sketch_range(
+                        &*source,
+                        range,
+                        limit,
+                        hot_threshold,
+                        split_min_rows,
+                        row_bound,
+                    )
+                    .await?
                 }
             };
             // How many ids hold how many rows, for the sketch's next spans.
@@ -733,6 +803,26 @@ pub(crate) mod tests {
                 .map(|(&k, &v)| (k, v));
             tokio::task::yield_now().await;
             Ok(Moments::of_references(range.start, rows))
+        }
+        async fn sketch_cut(
+            &self,
+            column: Option<usize>,
+            range: IdRange,
+            rows: u64,
+        ) -> Result<Option<u64>> {
+            let map = match column {
+                Some(column) => &self.columns[column],
+                None => &self.blobs,
+            };
+            let mut seen = 0u64;
+            for (&id, &n) in map.range(range.start..=range.end) {
+                // A blob row is one row; a reference entry is `n` rows.
+                seen += if column.is_some() { n } else { 1 };
+                if seen > rows {
+                    return Ok(Some(id));
+                }
+            }
+            Ok(None)
         }
         fn column_count(&self) -> usize {
             self.columns.len()
@@ -1196,6 +1286,56 @@ pub(crate) mod tests {
             halves,
             vec![(0, 4_999), (5_000, 7_499), (5_000, 6_249), (5_000, 5_624)]
         );
+    }
+
+    /// A span that grew eightfold over a long gap in the ids is cut before
+    /// it is summed where it lands on dense ids: no sketch of more than one
+    /// id sums more than `sketch::row_bound` rows of any table, and the
+    /// findings stay exact.
+    #[test]
+    fn sketches_after_a_gap_read_at_most_the_row_bound() {
+        let mut blobs: BTreeMap<u64, u64> = (1..300u64).map(|id| (id, 1)).collect();
+        blobs.extend((200_000..260_000u64).map(|id| (id, 1)));
+        let mut references = blobs.clone();
+        // Dense references on one id, and faults in the dense region.
+        blobs.insert(230_000, 5_000);
+        references.insert(230_000, 5_000);
+        references.insert(210_001, 2);
+        references.remove(&250_003);
+        let columns = vec![references];
+        let expected = crate::merge::tests::brute_force(&blobs, &columns);
+        assert_eq!(expected.len(), 2);
+        let target_rows = 256;
+        let bound = sketch::row_bound(target_rows);
+        let source = Arc::new(source(&blobs, &columns));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let options = ScanOptions {
+            method: Method::Sketch { target_rows },
+            ..ScanOptions::fixed(500, 3)
+        };
+        let outcomes = collect(&runtime, Arc::clone(&source), IdRange::ALL, options);
+        let findings: Vec<Finding> = outcomes.into_iter().flat_map(|o| o.findings).collect();
+        assert_eq!(findings, expected);
+        let sketches = source.blob_sketches.lock().unwrap().clone();
+        assert!(
+            sketches
+                .iter()
+                .any(|r| r.end >= 200_000 && r.start < 230_000),
+            "the dense region is sketched"
+        );
+        for range in sketches.iter().filter(|r| r.start < r.end) {
+            let blob_rows = blobs.range(range.start..=range.end).count() as u64;
+            let reference_rows: u64 = columns[0]
+                .range(range.start..=range.end)
+                .map(|(_, &n)| n)
+                .sum();
+            assert!(
+                blob_rows <= bound && reference_rows <= bound,
+                "sketch of {range} summed {blob_rows} blob rows and {reference_rows} references, bound {bound}"
+            );
+        }
     }
 
     #[test]

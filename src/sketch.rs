@@ -43,6 +43,16 @@
 /// `EXACT_LIMIT`.
 pub const MAX_SPAN: u64 = 1 << 20;
 
+/// The most rows of one table a sketch query may read, at `target_rows`
+/// (`--sketch-rows`): four times the target, so that the ordinary spread of
+/// a chunk's rows around the target never cuts it, while a span that grew
+/// over empty space and lands on dense ids is cut (`scan::sketch_range`)
+/// before it is summed. The rows of one id are never split: a single id
+/// with more references is read as the exact method reads it.
+pub fn row_bound(target_rows: u64) -> u64 {
+    target_rows.max(1).saturating_mul(4)
+}
+
 /// Sums at or above this are not trusted (see the module comment). It is
 /// 10¹⁵ rather than 2⁵³ because a server that prints DOUBLE results in the
 /// text protocol with 15 significant digits (`%.15g`) still prints every

@@ -110,6 +110,10 @@ async fn the_fixture_setup_is_ready() {
             lines.contains(&"        hint: GRANT SLAVE MONITOR ON *.* TO 'blobcheck'@'%';"),
             "{text}"
         );
+        assert!(
+            lines.contains(&"  ok    blobcheck opens at most 10 of max_connections 500"),
+            "{text}"
+        );
     }
 
     let blob = section(&text, "blob table ProtonMailGlobal.BlobStorage on global");
@@ -584,6 +588,44 @@ column = "BlobRef"
         verdict(&text).starts_with("verdict: NOT READY: 1 problem, 0 warnings;"),
         "{text}"
     );
+}
+
+/// A server that accepts few connections: the connections a check may open
+/// (the default cap, then a configured one) are compared with its
+/// `max_connections`, with a warning past half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_is_compared_with_max_connections() {
+    let server = tokio::task::spawn_blocking(|| {
+        start(SandboxOptions::new("doctor-connections").arg("--max-connections=12"))
+    })
+    .await
+    .unwrap();
+    let config = |check: &str| {
+        parse(&format!(
+            "[servers.db]\nurl = \"{}\"\n\n[blobs]\nserver = \"db\"\ntable = \"d.b\"\nid = \"id\"\ncount = \"n\"\n\n\
+             [[references]]\nserver = \"db\"\ntable = \"d.r\"\ncolumn = \"b\"\n\n[check]\n{check}\n",
+            server.root_url()
+        ))
+    };
+    let (_, text) = doctor(&config("")).await;
+    let lines = section(&text, "server db");
+    assert!(
+        lines.contains(
+            &"  WARN  blobcheck may open 10 connections, more than half of max_connections 12"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"        fix: set [check] max_connections_per_server (or --max-connections-per-server) to 6 or less"),
+        "{text}"
+    );
+    let (_, text) = doctor(&config("max_connections_per_server = 6")).await;
+    let lines = section(&text, "server db");
+    assert!(
+        lines.contains(&"  ok    blobcheck opens at most 6 of max_connections 12"),
+        "{text}"
+    );
+    drop(server);
 }
 
 // ---------------------------------------------------------------------------

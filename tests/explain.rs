@@ -145,6 +145,19 @@ async fn every_scan_query_is_an_index_range_scan() {
         .await;
     }
 
+    // The probes that cut a sketch's range before it is summed: the same
+    // index range scans, stopping at the row after the bound.
+    for range in [IdRange::new(0, 1 << 20), IdRange::new(1 << 63, u64::MAX)] {
+        let blobs = &schema.blobs;
+        assert_range_scans(
+            &databases,
+            &schema,
+            &db::sketch_cut_sql(&blobs.table, &blobs.index, &blobs.id, range, 1024),
+            |r| db::sketch_cut_sql(&r.table, &r.index, &r.column, range, 1024),
+        )
+        .await;
+    }
+
     // Confirmation's point reads: a range of points, never a sort, whether
     // the ids are below 2^63, above it, or both.
     let id_sets: [&[u64]; 3] = [
@@ -191,22 +204,53 @@ async fn every_scan_query_is_an_index_range_scan() {
         plans[0].extra
     );
 
+    // NULL and negative values, in keyset batches: the first batch, and
+    // one resumed after a real row of the column (literals as the server
+    // gave them), for every column that can hold such values.
     let mut null_queries = 0;
     for reference in &schema.references {
-        if let Some(sql) = db::unusable_count_sql(reference) {
-            null_queries += 1;
-            let plans = explain(&databases, reference.server, &sql).await;
-            assert_index_scan(
-                &plans,
-                &sql,
-                reference.column.as_str(),
-                &["ref", "range", "ref_or_null"],
-            );
-            assert!(
-                plans[0].extra.contains("Using index"),
-                "index-only: {sql}: {}",
-                plans[0].extra
-            );
+        for kind in [db::Unusable::Null, db::Unusable::Negative] {
+            let Some(first) = db::unusable_batch_sql(reference, kind, None, 1000) else {
+                continue;
+            };
+            if kind == db::Unusable::Null {
+                null_queries += 1;
+            }
+            let mut sqls = vec![first.clone()];
+            let mut conn = databases.conn(reference.server).await.unwrap();
+            let row: Option<Row> = conn
+                .query_first(first.replace("LIMIT 1000", "LIMIT 1"))
+                .await
+                .unwrap();
+            let after: Vec<String> = match row {
+                Some(row) => row.unwrap().iter().map(|v| v.as_sql(true)).collect(),
+                // No such row: resume after plausible integers.
+                None => reference
+                    .primary_key
+                    .iter()
+                    .map(|_| "5".to_owned())
+                    .chain((kind == db::Unusable::Negative).then(|| "-5".to_owned()))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect(),
+            };
+            drop(conn);
+            sqls.push(db::unusable_batch_sql(reference, kind, Some(&after), 1000).unwrap());
+            for sql in sqls {
+                let plans = explain(&databases, reference.server, &sql).await;
+                assert_index_scan(
+                    &plans,
+                    &sql,
+                    reference.column.as_str(),
+                    &["ref", "range", "ref_or_null"],
+                );
+                assert!(
+                    plans[0].extra.contains("Using index"),
+                    "index-only: {sql}: {}",
+                    plans[0].extra
+                );
+            }
         }
     }
     assert_eq!(null_queries, 5, "the five nullable reference columns");

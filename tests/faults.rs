@@ -53,17 +53,40 @@ fn a_server_restarted_mid_run_is_retried_and_the_findings_stay_exact() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The log, line by line, as the check writes it.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+            let line = line.unwrap();
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         child.try_wait().unwrap().is_none(),
         "the check must still be running"
     );
     servers.shard.stop_server().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Down until a read has failed on it (the check sleeps between reads
+    // at this rate, so a fixed window could fall between two of them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("retrying") => break,
+            Ok(_) => {}
+            Err(e) => panic!("no read failed on the stopped shard: {e}"),
+        }
+    }
     servers.shard.start_server().unwrap();
-    let result = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("retrying"),
         "the restart was noticed: {stderr}"

@@ -32,7 +32,7 @@ async fn fixture_findings_are_exact_at_every_chunk_size() {
         let references: u64 = summary.columns.iter().map(|c| c.references).sum();
         assert_eq!(references, 10_568, "chunk size {chunk_size}");
         // NULL references are counted apart, never as references.
-        let nulls: Vec<u64> = summary.columns.iter().map(|c| c.null_or_invalid).collect();
+        let nulls: Vec<u64> = summary.columns.iter().map(|c| c.nulls).collect();
         assert_eq!(nulls, vec![6, 5, 7, 4, 5, 0, 0]);
         assert!(
             summary.sketch.is_none(),

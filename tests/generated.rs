@@ -342,7 +342,7 @@ async fn load_and_check_with_sketches(
         );
         assert_eq!(summary.blob_rows, data.blobs.len() as u64);
         let nulls = data.sent.iter().filter(|r| r.is_none()).count() as u64;
-        assert_eq!(summary.columns[0].null_or_invalid, nulls);
+        assert_eq!(summary.columns[0].nulls, nulls);
     }
     for &(target_rows, jobs) in sketches {
         let (findings, summary) = common::check_sketch(&config, target_rows, 500, jobs).await;
