@@ -756,9 +756,26 @@ pub fn blob_points_sql(blobs: &BlobScan, ids: &[u64]) -> String {
 }
 
 /// Point reads of one column's reference counts for confirmation.
+///
+/// The third column fingerprints which rows reference each id: the XOR of
+/// a CRC32 of each row's primary key, read from the same index (an InnoDB
+/// secondary index holds the primary key). Confirmation uses it to tell a
+/// blob whose references were replaced by as many others (a draft saved
+/// again: one reference added, one removed) from one that held still. 0
+/// when the table has no primary key.
 pub fn reference_points_sql(reference: &ReferenceScan, ids: &[u64]) -> String {
+    let fingerprint = if reference.primary_key.is_empty() {
+        "0".to_owned()
+    } else {
+        let key: Vec<String> = reference
+            .primary_key
+            .iter()
+            .map(ServerIdent::quoted)
+            .collect();
+        format!("BIT_XOR(CRC32(CONCAT_WS(',', {})))", key.join(", "))
+    };
     format!(
-        "SELECT {col}, COUNT(*) FROM {table} FORCE INDEX ({index}) WHERE {condition} GROUP BY {col}",
+        "SELECT {col}, COUNT(*), {fingerprint} FROM {table} FORCE INDEX ({index}) WHERE {condition} GROUP BY {col}",
         col = reference.column.quoted(),
         table = reference.table.quoted(),
         index = reference.index.quoted(),
@@ -1392,17 +1409,35 @@ impl Source for DbSource {
     }
 
     async fn reference_counts(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+        let points = self.reference_points(column, ids).await?;
+        Ok(points.into_iter().map(|(id, n, _)| (id, n)).collect())
+    }
+
+    async fn reference_points(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64, u64)>> {
         let reference = &self.schema.references[column];
-        let mut rows = self
-            .pairs(
-                reference.server,
-                Query::Text(reference_points_sql(reference, ids)),
-                &reference.label,
-                Read::Points,
-            )
-            .await?;
-        rows.sort_unstable();
-        Ok(rows)
+        let name = &self.databases.servers[reference.server].name;
+        let query = Query::Text(reference_points_sql(reference, ids));
+        let mut points = self
+            .rows(reference.server, &query)
+            .await?
+            .into_iter()
+            .map(|mut row| {
+                let fingerprint = row.take_opt::<u64, _>(2);
+                let (id, n) = parse_pair(row, name, &reference.label)?;
+                match fingerprint {
+                    Some(Ok(fingerprint)) => Ok((id, n, fingerprint)),
+                    _ => Err(Error::Query {
+                        server: name.clone(),
+                        reason: format!(
+                            "{}: a row fingerprint that is not an integer",
+                            reference.label
+                        ),
+                    }),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        points.sort_unstable();
+        Ok(points)
     }
 
     async fn blob_sketch(&self, range: IdRange) -> Result<Option<Moments>> {

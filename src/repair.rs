@@ -202,7 +202,10 @@ async fn reread(source: &DbSource, ids: &[u64]) -> Result<BTreeMap<u64, (Finding
         }
         let mut unstable = Vec::new();
         for batch in pending.chunks(BATCH) {
-            for (finding, stable) in read_points(source, batch).await? {
+            for crate::confirm::PointRead {
+                finding, stable, ..
+            } in read_points(source, batch).await?
+            {
                 if !stable {
                     unstable.push(finding.blob_id);
                 }

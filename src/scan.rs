@@ -64,6 +64,23 @@ pub trait Source: Send + Sync + 'static {
         ids: &[u64],
     ) -> impl Future<Output = Result<Vec<(u64, u64)>>> + Send;
 
+    /// `(id, references, fingerprint)` of those of `ids` (sorted,
+    /// distinct) that one column references, sorted by id: as
+    /// `reference_counts`, with a fingerprint of which rows reference the
+    /// id (their primary keys), so that confirmation can tell a set of
+    /// references that changed from one that held still although its size
+    /// is the same. A source that cannot tell rows apart gives 0.
+    fn reference_points(
+        &self,
+        column: usize,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<Vec<(u64, u64, u64)>>> + Send {
+        async move {
+            let counts = self.reference_counts(column, ids).await?;
+            Ok(counts.into_iter().map(|(id, n)| (id, n, 0)).collect())
+        }
+    }
+
     /// The blob table's moments over `range` (at most `sketch::MAX_SPAN`
     /// ids), `None` when a sum reaches `sketch::EXACT_LIMIT` and may have
     /// been rounded.
@@ -376,8 +393,8 @@ struct Settled {
 /// sums located, if it shows exactly the difference they put on it: a read
 /// during which the stored count moved is not trusted, nor any other
 /// difference.
-fn located_as((finding, stable): (Finding, bool), difference: i128) -> Option<Finding> {
-    (stable && finding.difference() == difference).then_some(finding)
+fn located_as(read: crate::confirm::PointRead, difference: i128) -> Option<Finding> {
+    (read.stable && read.finding.difference() == difference).then_some(read.finding)
 }
 
 /// The two inconsistent ids that explain `piece`'s sums (`sketch::pairs`),

@@ -412,17 +412,27 @@ async fn a_run_killed_during_churn_resumes_with_exactly_the_injected_faults() {
     println!("total {:.1} s", t0.elapsed().as_secs_f64());
 }
 
-/// One blob receiving a stream of changes in one direction, back to back,
-/// each made the way the application makes it: a reference row on the
-/// shard and the stored count on the global server, 100 ms apart.
+/// One blob receiving a stream of changes, back to back, each made the way
+/// the application makes it: a reference row on the shard and the stored
+/// count on the global server, 100 ms apart.
 struct Stream {
     blob: u64,
-    /// Adds references (else removes them).
-    adds: bool,
-    /// The reference row first (else the count).
-    reference_first: bool,
-    /// Attachment ids this stream inserts (adds) or deletes (removes).
+    kind: StreamKind,
+    /// Attachment ids this stream inserts or deletes.
     attachments: std::ops::Range<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum StreamKind {
+    /// Adds references, the reference row first (else the count).
+    Adds { reference_first: bool },
+    /// Removes references, the reference row first (else the count).
+    Removes { reference_first: bool },
+    /// A draft saved again and again: a row references the blob, then is
+    /// deleted. `safe`: the count rises before the row is added and falls
+    /// after it is deleted (it never drops below the references), else the
+    /// other way round.
+    Alternates { safe: bool },
 }
 
 async fn run_stream(
@@ -436,11 +446,23 @@ async fn run_stream(
     let mut global = mysql_async::Conn::from_url(global_url).await.unwrap();
     let mut shard = mysql_async::Conn::from_url(shard_url).await.unwrap();
     let mut done = 0;
-    for attachment in stream.attachments.clone() {
-        if stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) {
+        let (attachment, adds, reference_first) = match stream.kind {
+            StreamKind::Adds { reference_first } => {
+                (stream.attachments.start + done, true, reference_first)
+            }
+            StreamKind::Removes { reference_first } => {
+                (stream.attachments.start + done, false, reference_first)
+            }
+            StreamKind::Alternates { safe } => {
+                let adds = done % 2 == 0;
+                (stream.attachments.start + done / 2, adds, safe != adds)
+            }
+        };
+        if !stream.attachments.contains(&attachment) {
             break;
         }
-        let reference = if stream.adds {
+        let reference = if adds {
             format!(
                 "INSERT INTO `{}`.Attachment (AttachmentID, MessageID, BlobStorageID) VALUES ({attachment}, 1, {})",
                 data.shard_db, stream.blob
@@ -454,10 +476,10 @@ async fn run_stream(
         let count = format!(
             "UPDATE `{}`.BlobStorage SET NumReferences = NumReferences {} 1 WHERE BlobStorageID = {}",
             data.global_db,
-            if stream.adds { "+" } else { "-" },
+            if adds { "+" } else { "-" },
             stream.blob
         );
-        if stream.reference_first {
+        if reference_first {
             shard.query_drop(&reference).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
             global.query_drop(&count).await.unwrap();
@@ -474,8 +496,10 @@ async fn run_stream(
 /// The mass-mailing case: consistent blobs receiving references (or
 /// losing them) back to back, each change in flight for 100 ms, so that
 /// nearly every read catches one change in flight, always in the same
-/// direction, and the blobs grow busy while they are confirmed. None is
-/// reported; every injected fault is, exactly.
+/// direction, and the blobs grow busy while they are confirmed; and the
+/// draft saved again and again, a reference added and removed in turn,
+/// which every read catches with the same counts. None is reported; every
+/// injected fault is, exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_changes_in_one_direction_is_not_a_fault() {
     let data = Arc::new(Dataset::generate("stream", 11, 5_000, 30, 200, false));
@@ -511,25 +535,49 @@ async fn a_stream_of_changes_in_one_direction_is_not_a_fault() {
     .await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use StreamKind::*;
     let streams = [
-        (add_ref, true, true),
-        (add_count, true, false),
-        (remove_ref, false, true),
-        (remove_count, false, false),
+        (
+            add_ref,
+            Adds {
+                reference_first: true,
+            },
+        ),
+        (
+            add_count,
+            Adds {
+                reference_first: false,
+            },
+        ),
+        (
+            remove_ref,
+            Removes {
+                reference_first: true,
+            },
+        ),
+        (
+            remove_count,
+            Removes {
+                reference_first: false,
+            },
+        ),
+        // The safe order (count first on add, reference first on remove)
+        // is left out: its changes in flight hide the rows that change
+        // (see `confirm::agreeing` and README, "What confirmation cannot
+        // tell").
+        (data.addable[5], Alternates { safe: false }),
     ];
     let tasks: Vec<_> = streams
         .iter()
         .enumerate()
-        .map(|(n, &(blob, adds, reference_first))| {
+        .map(|(n, &(blob, kind))| {
             let n = n as u64;
             let stream = Stream {
                 blob,
-                adds,
-                reference_first,
-                attachments: if adds {
-                    base + n * 10_000 + 1_000..base + n * 10_000 + 1_600
-                } else {
-                    base + n * 10_000..base + n * 10_000 + 600
+                kind,
+                attachments: match kind {
+                    Removes { .. } => base + n * 10_000..base + n * 10_000 + 600,
+                    _ => base + n * 10_000 + 1_000..base + n * 10_000 + 1_600,
                 },
             };
             tokio::spawn(run_stream(

@@ -218,7 +218,7 @@ fn log_format_json_writes_every_log_line_as_a_json_object() {
         .map(|l| l["fields"]["message"].as_str().unwrap())
         .collect();
     assert!(
-        messages.iter().any(|m| m.contains("starting afresh")),
+        messages.iter().any(|m| m.contains("starting a new run")),
         "{stderr}"
     );
     // The write-privilege warning of this account is a JSON line too.
@@ -245,7 +245,7 @@ fn log_format_json_writes_every_log_line_as_a_json_object() {
         ],
     );
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("starting afresh"), "{text}");
+    assert!(text.contains("starting a new run"), "{text}");
     assert!(
         text.lines()
             .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
@@ -347,7 +347,7 @@ fn resuming_a_checkpoint_of_another_configuration_or_range_is_refused() {
     let resumed = run(&config, &["--resume"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(stderr.contains("resuming the unfinished run"), "{stderr}");
     assert_eq!(read_findings(&output), expected_fixture_findings());
 }
 
@@ -527,7 +527,7 @@ async fn a_run_that_loses_a_server_saves_its_checkpoint_and_metrics_and_resumes(
     let resumed = blocking(move || resume.output().unwrap()).await;
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert_eq!(resumed.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(stderr.contains("resuming the unfinished run"), "{stderr}");
     assert_eq!(read_findings(&output), expected_fixture_findings());
     let prom = std::fs::read_to_string(&metrics).unwrap();
     assert!(prom.contains("\nblobcheck_last_run_success 1\n"), "{prom}");
