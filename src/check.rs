@@ -143,7 +143,7 @@ enum Event {
 
 /// What identifies a run for resuming: everything that decides which rows
 /// are read and how they are labelled.
-fn identity(config: &Config, range: IdRange) -> String {
+fn identity(config: &Config, scope: &str) -> String {
     let servers: Vec<String> = config
         .servers
         .iter()
@@ -160,7 +160,7 @@ fn identity(config: &Config, range: IdRange) -> String {
         })
         .collect();
     format!(
-        "servers {}; blobs {}.{}/{}; references {}; range {range}",
+        "servers {}; blobs {}.{}/{}; references {}; {scope}",
         servers.join(","),
         config.blobs.table,
         config.blobs.id,
@@ -173,6 +173,10 @@ fn identity(config: &Config, range: IdRange) -> String {
 /// checkpoint. `--resume` only ever continues an unfinished run: a
 /// checkpoint that holds a finished one (as a daily job leaves it) starts a
 /// new run, so that every run reads the databases as they are now.
+///
+/// A partition's slice is cut from the blob table's span at start, which
+/// moves as blobs are added: a resumed partition continues the slice its
+/// checkpoint holds, not the one cut now.
 fn starting_state(
     options: &CheckOptions,
     identity: String,
@@ -194,22 +198,27 @@ fn starting_state(
         );
         return Ok((fresh(identity), Some(Start::NewWithoutCheckpoint)));
     };
-    if saved.identity != identity {
-        return Err(Error::Usage(format!(
-            "checkpoint {} belongs to another check (other servers, tables or range); remove it or drop --resume",
-            path.display()
-        )));
-    }
-    saved
-        .validate(columns)
-        .map_err(|reason| crate::checkpoint::unreadable(path, reason))?;
     if saved.complete {
+        // Whatever it checked, there is nothing to continue.
         tracing::info!(
             "checkpoint {} holds a finished run: starting a new run",
             path.display()
         );
         return Ok((fresh(identity), Some(Start::NewAfterFinished)));
     }
+    if saved.identity != identity {
+        return Err(Error::Usage(format!(
+            "checkpoint {} belongs to another check (other servers, tables or range); remove it or drop --resume",
+            path.display()
+        )));
+    }
+    let expected_range = match options.scope {
+        Scope::Range(_) => Some(range),
+        Scope::Partition(_) => None,
+    };
+    saved
+        .validate(columns, expected_range)
+        .map_err(|reason| crate::checkpoint::unreadable(path, reason))?;
     tracing::info!(
         "resuming the unfinished run of {}: {} findings so far, {} candidates pending, next id {}",
         path.display(),
@@ -364,8 +373,23 @@ async fn run_with_source(
         }
     }
 
-    let identity = identity(config, range);
-    let (mut state, start) = starting_state(options, identity, range, config.references.len())?;
+    let scope = match options.scope {
+        Scope::Range(range) => format!("range {range}"),
+        Scope::Partition(partition) => format!("partition {partition}"),
+    };
+    let (mut state, start) = starting_state(
+        options,
+        identity(config, &scope),
+        range,
+        config.references.len(),
+    )?;
+    if state.range != range {
+        tracing::info!(
+            "partition {scope}: continuing the slice of the checkpoint, ids {}",
+            state.range
+        );
+        summary.range = Some(state.range);
+    }
     summary.start = start;
     for finding in &state.findings {
         report_finding(reporter, source, finding, options.affected_rows).await?;
@@ -579,11 +603,11 @@ impl Run<'_> {
                         Checked::SketchLocated => self.sketch.located += 1,
                         Checked::SketchRows => self.sketch.partly_rows += 1,
                     }
-                    state.blob_rows += outcome.blobs;
+                    state.blob_rows = state.blob_rows.saturating_add(outcome.blobs);
                     let mut rows = outcome.blobs;
                     for (total, n) in state.references.iter_mut().zip(&outcome.references) {
-                        *total += n;
-                        rows += n;
+                        *total = total.saturating_add(*n);
+                        rows = rows.saturating_add(*n);
                     }
                     state.next_start = outcome
                         .range
@@ -613,8 +637,8 @@ impl Run<'_> {
                     // if that fails, the checkpoint still holds them all.
                     self.emit(&outcome.confirmed, state).await?;
                     self.waves.pop_front();
-                    state.transient += outcome.transient;
-                    state.watched += outcome.watched;
+                    state.transient = state.transient.saturating_add(outcome.transient);
+                    state.watched = state.watched.saturating_add(outcome.watched);
                     if !outcome.unsettled.is_empty() {
                         tracing::warn!(
                             "{} candidates kept changing through every confirmation read and are not reported (ids {:?}{})",

@@ -7,8 +7,7 @@
 //! with their scan read and confirmed again after a resume; confirmed
 //! findings are kept so that the resumed run reports them again.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +83,27 @@ impl Checkpoint {
     /// reference columns: its position lies in its range, and every id and
     /// column it names exists. A file edited by hand or damaged on disk is
     /// refused here rather than trusted.
-    pub fn validate(&self, columns: usize) -> std::result::Result<(), String> {
+    pub fn validate(
+        &self,
+        columns: usize,
+        range: Option<IdRange>,
+    ) -> std::result::Result<(), String> {
+        if let Some(range) = range
+            && self.range != range
+        {
+            return Err(format!("its range {} is not the run's {range}", self.range));
+        }
+        for finding in &self.findings {
+            let actual: u64 = finding.references.iter().map(|&(_, n)| n).sum();
+            if crate::finding::classify(finding.stored, finding.actual) != Some(finding.kind)
+                || actual != finding.actual
+            {
+                return Err(format!(
+                    "the finding for blob id {} does not add up (kind, stored, actual and references disagree)",
+                    finding.blob_id
+                ));
+            }
+        }
         if let Some(next) = self.next_start
             && !self.range.contains(next)
         {
@@ -122,22 +141,10 @@ impl Checkpoint {
     /// Writes the checkpoint so that a crash leaves either the old or the
     /// new one whole: a temporary file, fsync, rename.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let temporary = temporary_path(path);
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&temporary)?;
-            serde_json::to_writer(&mut file, self)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, path)
-        };
-        write().map_err(|e| checkpoint_error(path, e))
+        let mut text = serde_json::to_vec(self).map_err(|e| checkpoint_error(path, e))?;
+        text.push(b'\n');
+        crate::paths::write_atomically(path, &text).map_err(|e| checkpoint_error(path, e))
     }
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 fn checkpoint_error(path: &Path, reason: impl std::fmt::Display) -> Error {
@@ -176,7 +183,11 @@ mod tests {
         });
         checkpoint.save(&path).unwrap();
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(checkpoint));
-        assert!(!temporary_path(&path).exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["run.checkpoint"], "no temporary file left");
     }
 
     #[test]
@@ -194,17 +205,22 @@ mod tests {
     fn validation_refuses_positions_ids_and_columns_outside_the_run() {
         let range = IdRange::new(10, 20);
         let valid = Checkpoint::new("x".into(), range, 2);
-        assert_eq!(valid.validate(2), Ok(()));
+        assert_eq!(valid.validate(2, None), Ok(()));
         assert!(
             valid
-                .validate(3)
+                .validate(3, None)
                 .unwrap_err()
                 .contains("2 reference columns")
         );
 
         let mut past_end = valid.clone();
         past_end.next_start = Some(21);
-        assert!(past_end.validate(2).unwrap_err().contains("next_start 21"));
+        assert!(
+            past_end
+                .validate(2, None)
+                .unwrap_err()
+                .contains("next_start 21")
+        );
 
         let finding = |blob_id, column| Finding {
             kind: Kind::MissingBlob,
@@ -215,16 +231,43 @@ mod tests {
         };
         let mut outside = valid.clone();
         outside.findings.push(finding(9, 0));
-        assert!(outside.validate(2).unwrap_err().contains("blob id 9"));
+        assert!(outside.validate(2, None).unwrap_err().contains("blob id 9"));
 
         let mut no_such_column = valid.clone();
         no_such_column.pending.push(finding(15, 2));
-        assert!(no_such_column.validate(2).unwrap_err().contains("column 2"));
+        assert!(
+            no_such_column
+                .validate(2, None)
+                .unwrap_err()
+                .contains("column 2")
+        );
+
+        assert!(
+            valid
+                .validate(2, Some(IdRange::new(10, 21)))
+                .unwrap_err()
+                .contains("range")
+        );
+        assert_eq!(valid.validate(2, Some(range)), Ok(()));
+        let mut wrong_kind = valid.clone();
+        wrong_kind.findings.push(Finding {
+            kind: Kind::CountMismatch,
+            blob_id: 12,
+            stored: Some(3),
+            actual: 3,
+            references: vec![(0, 3)],
+        });
+        assert!(
+            wrong_kind
+                .validate(2, None)
+                .unwrap_err()
+                .contains("blob id 12")
+        );
 
         let mut complete_with_work = valid.clone();
         complete_with_work.complete = true;
-        assert!(complete_with_work.validate(2).is_err());
+        assert!(complete_with_work.validate(2, None).is_err());
         complete_with_work.next_start = None;
-        assert_eq!(complete_with_work.validate(2), Ok(()));
+        assert_eq!(complete_with_work.validate(2, None), Ok(()));
     }
 }

@@ -281,10 +281,10 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
         .build()
         .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
     match command {
-        Command::Check { config, args } => {
-            let config = Config::load(&config)?;
+        Command::Check { config: path, args } => {
+            let config = Config::load(&path)?;
             let stop = stop_on_signals(&runtime)?;
-            runtime.block_on(check_with(&config, &args, quiet, Some(stop)))
+            runtime.block_on(check_with(&config, Some(&path), &args, quiet, Some(stop)))
         }
         Command::Demo { mut args } => {
             // Nothing writes to the fixtures, so confirmation needs no long
@@ -292,7 +292,7 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             args.settle_delay.get_or_insert(DEMO_SETTLE_DELAY);
             let stop = stop_on_signals(&runtime)?;
             runtime.block_on(blobcheck::demo::run(async |config| {
-                check_with(config, &args, quiet, Some(stop)).await
+                check_with(config, None, &args, quiet, Some(stop)).await
             }))
         }
         Command::Doctor { config } => {
@@ -308,13 +308,14 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             }
         }
         Command::RepairSql {
-            config,
+            config: config_path,
             findings,
             output,
         } => {
-            let config = Config::load(&config)?;
+            let config = Config::load(&config_path)?;
             if let Some(output) = &output {
                 blobcheck::paths::refuse_collisions(&[
+                    ("--config", &config_path),
                     ("--findings", &findings),
                     ("--output", output),
                 ])?;
@@ -352,6 +353,7 @@ fn open_output(path: Option<&std::path::Path>) -> Result<Box<dyn std::io::Write 
 
 async fn check_with(
     config: &Config,
+    config_path: Option<&std::path::Path>,
     args: &CheckArgs,
     quiet: bool,
     stop: Option<check::StopRequest>,
@@ -377,6 +379,7 @@ async fn check_with(
     settings.sketch_rows = args.sketch_rows.unwrap_or(settings.sketch_rows);
     settings.validate().map_err(Error::Usage)?;
     let files: Vec<(&str, &std::path::Path)> = [
+        ("--config", config_path),
         ("--output", args.output.as_deref()),
         ("--checkpoint", args.checkpoint.as_deref()),
         ("--metrics-file", args.metrics_file.as_deref()),

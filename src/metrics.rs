@@ -14,9 +14,7 @@
 //! `partition="2/8"`) are added to every series, after the series' own labels.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result, one_line};
@@ -266,12 +264,7 @@ pub fn write(path: &Path, run: RunMetrics<'_>) -> Result<()> {
     }
     let text = render(&run);
 
-    let temporary = temporary_path(path);
-    let result = write_and_rename(&temporary, path, text.as_bytes());
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result.map_err(|e| Error::Output {
+    crate::paths::write_atomically(path, text.as_bytes()).map_err(|e| Error::Output {
         path: format!("metrics file {}", path.display()),
         reason: one_line(e),
     })
@@ -460,39 +453,6 @@ fn skip_labels(text: &str) -> Option<&str> {
         }
     }
     None
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut name = std::ffi::OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    path.with_file_name(name)
-}
-
-fn write_and_rename(temporary: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(temporary, path)?;
-    // Make the rename itself durable. Best effort: some file systems cannot
-    // sync a directory, and the new file is in place either way.
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    if let Ok(directory) = std::fs::File::open(directory) {
-        let _ = directory.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -31,6 +31,57 @@ pub fn refuse_collisions(files: &[(&str, &Path)]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` so that a crash leaves either the old file or
+/// the new one whole: a temporary file beside it (`.NAME.PID.N.tmp`, which
+/// no `*.prom` collector reads and no other writer shares), fsync, rename,
+/// and the directory synced (best effort). Through a symbolic link the
+/// link's target is written, not replaced by a file; a path that is not a
+/// regular file (a device, a directory) is refused, so that `/dev/null`
+/// stays a device.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let target = resolved(path);
+    if let Ok(metadata) = std::fs::metadata(&target)
+        && !metadata.is_file()
+    {
+        return Err(std::io::Error::other(
+            "not a regular file: it is replaced on every write, so give a file",
+        ));
+    }
+    let mut name = std::ffi::OsString::from(".");
+    name.push(target.file_name().unwrap_or_default());
+    name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temporary = target.with_file_name(name);
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, &target)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    // Make the rename itself durable. Best effort: some file systems cannot
+    // sync a directory, and the new file is in place either way.
+    if let Some(directory) = target.parent()
+        && let Ok(directory) = std::fs::File::open(directory)
+    {
+        let _ = directory.sync_all();
+    }
+    Ok(())
+}
+
 /// Where `path` leads: absolute, with `.`/`..` and symbolic links resolved
 /// as far as the file system allows, also for a file not created yet.
 fn resolved(path: &Path) -> PathBuf {
@@ -83,6 +134,37 @@ fn inode(path: &Path) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_go_through_links_and_refuse_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.prom");
+        let link = dir.path().join("link.prom");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomically(&link, b"one").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"one");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        write_atomically(&link, b"two").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"two");
+        let error = write_atomically(Path::new("/dev/null"), b"x").unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["link.prom", "target.prom"],
+            "no temporary file left"
+        );
+    }
 
     fn collide(a: &Path, b: &Path) -> bool {
         refuse_collisions(&[("--output", a), ("--checkpoint", b)]).is_err()

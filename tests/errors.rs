@@ -1491,6 +1491,17 @@ fn command_line_usage_errors_exit_2() {
         assert!(!r.stderr.contains("cannot connect"), "{r:#?}");
     }
     assert!(!findings.exists(), "nothing was written");
+    // The configuration overwritten by the output.
+    let r = run(
+        &["check", "--config", config, "--output", config],
+        &CHECKER_ENV,
+    );
+    assert_error(
+        &r,
+        "--config = --output",
+        &["--config", "--output", "same file"],
+    );
+    assert!(std::fs::read_to_string(config).unwrap().contains("[blobs]"));
     // repair-sql reading and writing one file.
     let r = run(
         &[
@@ -1995,4 +2006,89 @@ fn a_damaged_or_edited_checkpoint_is_refused_in_one_line() {
         let line = assert_error(&r, case, &["checkpoint"]);
         assert!(!line.contains("cannot write"), "{case}: {line}");
     }
+}
+
+#[test]
+fn checkpoints_resume_only_what_they_hold_and_a_finished_one_starts_anew() {
+    let s = servers();
+    s.global
+        .run_sql(&format!(
+            "DROP DATABASE IF EXISTS errors_partition;
+             CREATE DATABASE errors_partition;
+             CREATE TABLE errors_partition.B (ID bigint unsigned PRIMARY KEY, N bigint unsigned NOT NULL) ENGINE=InnoDB;
+             CREATE TABLE errors_partition.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
+             INSERT INTO errors_partition.B VALUES (1, 1), (2, 2), (3, 0);
+             INSERT INTO errors_partition.R VALUES (1, 1), (2, 2);
+             GRANT SELECT ON errors_partition.* TO '{CHECKER_USER}'@'%';"
+        ))
+        .unwrap();
+    let (global, shard) = checker_urls();
+    let text = small_config(
+        &global,
+        &shard,
+        ["global", "errors_partition.B", "ID", "N"],
+        &[("global", "errors_partition.R", "BlobRef")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_temp(dir.path(), "blobcheck.toml", &text);
+    let config = config.to_str().unwrap();
+    let checkpoint = dir.path().join("run.checkpoint");
+    let checkpoint = checkpoint.to_str().unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--config",
+            config,
+            "--checkpoint",
+            checkpoint,
+            "--confirmations",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+
+    // A finished run of another range: a resume of the whole space starts
+    // a new run, it does not refuse.
+    let r = check(&["--range", "0-10"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    let r = check(&["--resume"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stdout.contains("new: the checkpoint held a finished run"),
+        "{r:#?}"
+    );
+
+    // An unfinished partition resumes the slice it holds, although blobs
+    // added since move the slice a new run would cut.
+    let r = check(&["--partition", "0/2"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap();
+    let slice = saved["range"].clone();
+    saved["complete"] = false.into();
+    saved["next_start"] = 3u64.into();
+    saved["findings"] = serde_json::json!([]);
+    std::fs::write(checkpoint, saved.to_string()).unwrap();
+    s.global
+        .run_sql("INSERT INTO errors_partition.B VALUES (16777216, 0)")
+        .unwrap();
+    let r = check(&["--partition", "0/2", "--resume"]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert!(r.stdout.contains("resumed"), "{r:#?}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap();
+    assert_eq!(resumed["range"], slice, "the slice of the checkpoint");
+
+    // A range edited into the checkpoint of a range run is refused.
+    let r = check(&["--range", "0-100"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint).unwrap()).unwrap();
+    saved["complete"] = false.into();
+    saved["next_start"] = 3u64.into();
+    saved["range"] = serde_json::json!({"start": 0, "end": 50});
+    std::fs::write(checkpoint, saved.to_string()).unwrap();
+    let r = check(&["--range", "0-100", "--resume"]);
+    assert_error(&r, "an edited range", &["checkpoint", "its range [0, 50]"]);
 }
