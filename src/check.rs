@@ -63,7 +63,7 @@ impl StopRequest {
 
     /// Waits until a stop is asked for (at once if it already was); never
     /// returns if the sender is gone without asking.
-    async fn requested(&mut self) -> String {
+    pub async fn requested(&mut self) -> String {
         match self.0.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
             Err(_) => std::future::pending().await,
@@ -544,6 +544,9 @@ impl Run<'_> {
         });
         let mut scan_done = scanner.is_none();
         let mut stop = self.options.stop.clone();
+        // Written once before anything is read: a checkpoint that cannot be
+        // written fails the run now, not after the work.
+        self.save_checkpoint(state)?;
         let checkpoint_interval = self
             .options
             .checkpoint

@@ -211,6 +211,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long a stop request may take to be carried out by the check itself
+/// (it saves its checkpoint and prints its summary) before the process
+/// gives up on it: a read stuck on a server that does not answer.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the check; if a stop is asked for and the check has not ended
+/// `STOP_GRACE` later, gives up on it as interrupted (its last periodic
+/// checkpoint stays for `--resume`).
+async fn finish_or_give_up(
+    run: impl std::future::Future<Output = Result<blobcheck::report::Summary, Error>>,
+    stop: Option<&check::StopRequest>,
+) -> Result<blobcheck::report::Summary, Error> {
+    let Some(stop) = stop else { return run.await };
+    let mut stop = stop.clone();
+    let give_up = async {
+        let signal = stop.requested().await;
+        tokio::time::sleep(STOP_GRACE).await;
+        tracing::error!(
+            "the check did not stop within {} s of {signal} (a server not answering?): giving up",
+            STOP_GRACE.as_secs()
+        );
+        signal
+    };
+    tokio::select! {
+        result = run => result,
+        signal = give_up => Err(Error::Interrupted { signal }),
+    }
+}
+
 /// The first SIGTERM or SIGINT asks the check to stop (it saves its
 /// checkpoint, summary and metrics); a second one ends the process at once.
 fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Result<check::StopRequest, Error> {
@@ -229,12 +258,14 @@ fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Result<check::StopReque
             _ = interrupt.recv() => "SIGINT",
         };
         let _ = sender.send(Some(first.to_owned()));
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-        eprintln!("blobcheck: a second signal: exiting at once");
-        std::process::exit(EXIT_INTERRUPTED);
+        // A second signal: out at once, with the status a shell gives a
+        // process the signal killed, since nothing more is written.
+        let status = tokio::select! {
+            _ = terminate.recv() => 128 + libc::SIGTERM,
+            _ = interrupt.recv() => 128 + libc::SIGINT,
+        };
+        eprintln!("blobcheck: a second signal: exiting at once, nothing more written");
+        std::process::exit(status);
     });
     Ok(stop)
 }
@@ -338,17 +369,60 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
     }
 }
 
-/// FILE, or stdout when none is given, buffered.
+/// FILE, or stdout when none is given, buffered. FILE is opened at once
+/// (so that one that cannot be written is named before anything is read)
+/// but emptied only when the run first writes to it: a run that fails
+/// before it reports anything leaves the previous run's findings in place.
 fn open_output(path: Option<&std::path::Path>) -> Result<Box<dyn std::io::Write + Send>, Error> {
     Ok(match path {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| Error::Output {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?,
-        )),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| Error::Output {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            Box::new(std::io::BufWriter::new(EmptiedOnFirstWrite {
+                file,
+                emptied: false,
+            }))
+        }
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     })
+}
+
+/// A file emptied on the first write or flush, not when it is opened.
+struct EmptiedOnFirstWrite {
+    file: std::fs::File,
+    emptied: bool,
+}
+
+impl EmptiedOnFirstWrite {
+    fn empty_once(&mut self) -> std::io::Result<()> {
+        if !self.emptied {
+            // A pipe or a device cannot be emptied; it holds nothing old.
+            if self.file.metadata()?.is_file() {
+                self.file.set_len(0)?;
+            }
+            self.emptied = true;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for EmptiedOnFirstWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.empty_once()?;
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.empty_once()?;
+        self.file.flush()
+    }
 }
 
 async fn check_with(
@@ -416,9 +490,9 @@ async fn check_with(
         max_connections_per_server: settings.max_connections_per_server,
         affected_rows: settings.affected_rows,
         protocol: blobcheck::db::Protocol::from_env(),
-        stop,
+        stop: stop.clone(),
     };
-    let result = check::run(config, &options, reporter).await;
+    let result = finish_or_give_up(check::run(config, &options, reporter), stop.as_ref()).await;
     let interrupted = result
         .as_ref()
         .ok()
@@ -431,7 +505,9 @@ async fn check_with(
         let written = metrics::write(
             path,
             RunMetrics {
-                summary: result.as_ref().ok(),
+                // An interrupted run's counts are partial: published, they
+                // would resolve the alerts of the last complete run.
+                summary: result.as_ref().ok().filter(|_| interrupted.is_none()),
                 success: result.is_ok() && interrupted.is_none(),
                 finished_at: std::time::SystemTime::now(),
                 last_success: None,

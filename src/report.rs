@@ -530,7 +530,12 @@ pub fn summary_text(summary: &Summary) -> String {
     if let Some(reason) = &summary.interrupted {
         let _ = writeln!(
             s,
-            "  interrupted  by {reason}: stopped before the end; --resume with the checkpoint continues"
+            "  interrupted  by {reason}: stopped before the end; {}",
+            if summary.start.is_some() {
+                "--resume with the checkpoint continues"
+            } else {
+                "without --checkpoint, run it again from the start"
+            }
         );
         let _ = writeln!(
             s,

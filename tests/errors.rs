@@ -2092,3 +2092,46 @@ fn checkpoints_resume_only_what_they_hold_and_a_finished_one_starts_anew() {
     let r = check(&["--range", "0-100", "--resume"]);
     assert_error(&r, "an edited range", &["checkpoint", "its range [0, 50]"]);
 }
+
+#[test]
+fn the_output_file_is_emptied_only_when_the_run_writes_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("findings.jsonl");
+    let output = output.to_str().unwrap();
+    std::fs::write(output, "{\"the\":\"previous run\"}\n").unwrap();
+    // A run that cannot check leaves the previous findings in place.
+    let r = check(
+        &offline_config(),
+        &CHECKER_ENV,
+        &["--format", "json", "--output", output],
+    );
+    assert_eq!(r.code, 2, "{r:#?}");
+    assert_eq!(
+        std::fs::read_to_string(output).unwrap(),
+        "{\"the\":\"previous run\"}\n"
+    );
+    // A run that checks and finds nothing empties it.
+    let (global, shard) = checker_urls();
+    let text = small_config(
+        &global,
+        &shard,
+        BLOBS,
+        &[("shard1", "ProtonMailShard.Attachment", "BlobStorageID")],
+    );
+    let r = check(
+        &text,
+        &[],
+        &[
+            "--format",
+            "json",
+            "--output",
+            output,
+            "--range",
+            "0-0",
+            "--confirmations",
+            "0",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_eq!(std::fs::read_to_string(output).unwrap(), "");
+}

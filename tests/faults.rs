@@ -311,3 +311,69 @@ fn a_signal_stops_the_run_with_checkpoint_summary_and_metrics() {
         );
     }
 }
+
+/// A signal while a server does not answer at all (SIGSTOP): the run
+/// cannot save a summary from a read that never returns, so it gives up
+/// within its grace and exits 3, with the metrics of a failed run.
+#[test]
+fn a_signal_while_a_server_does_not_answer_still_ends_the_run() {
+    let servers = FixtureServers::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_fixture_config(&servers, dir.path());
+    // Long enough that only the signal can end the wait.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("# connect_timeout_secs = 10", "connect_timeout_secs = 600");
+    assert!(text.contains("connect_timeout_secs = 600"));
+    std::fs::write(&config, text).unwrap();
+    let metrics = dir.path().join("run.prom");
+    let pid = servers.global.pid().unwrap() as i32;
+    // SAFETY: kill(2) on the server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut child = blobcheck()
+        .args(["check", "--config", config.to_str().unwrap()])
+        .args([
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+            "--retry-for",
+            "600",
+        ])
+        .args(["--progress", "none"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = std::time::Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = sent + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            panic!("the run did not end within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("did not stop within"), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    let prom = std::fs::read_to_string(&metrics).expect("metrics written");
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("blobcheck_last_run_success") && l.ends_with(" 0")),
+        "{prom}"
+    );
+    assert!(
+        !prom.contains("blobcheck_findings"),
+        "no partial counts: {prom}"
+    );
+}
