@@ -1277,6 +1277,30 @@ impl Doctor<'_> {
         let Some(id) = id else {
             return Ok(());
         };
+        if !id.info().unsigned {
+            // A signed id column may hold negative ids, which `check`
+            // refuses; MIN over the key is one index lookup.
+            let sql = format!(
+                "SELECT MIN({}) FROM {}",
+                ServerIdent(id.name.clone()).quoted(),
+                b.table.quoted()
+            );
+            let smallest = conn
+                .query_first::<Row, _>(sql)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| row.get::<Option<i64>, _>(0).flatten());
+            if let Some(smallest) = smallest.filter(|&n| n < 0) {
+                report.line(
+                    Mark::Fail,
+                    format!(
+                        "id column {} holds negative ids (the smallest is {smallest}): blob ids must be 0 to 18446744073709551615, and check stops on them",
+                        quote(&id.name)
+                    ),
+                )?;
+            }
+        }
         let indexes = match self.leading_indexes(&mut conn, &b.table, &id.name).await {
             Ok(indexes) => indexes,
             Err(e) => {

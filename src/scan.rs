@@ -168,8 +168,10 @@ impl ScanOptions {
 enum Work {
     /// A chunk with its blob rows read, to check exactly.
     Exact(Chunk),
-    /// A range to check by its sketch.
-    Sketch(IdRange),
+    /// A range to check by its sketch; `probe`: its span is not backed by
+    /// what the chunks before it held (see `SpanSizer::proven`), so its
+    /// tables are probed for the row bound before they are summed.
+    Sketch { range: IdRange, probe: bool },
 }
 
 /// A piece of the id range with its blob rows already read.
@@ -295,7 +297,10 @@ async fn exact_part<S: Source>(
     let (outcome, rest) = check_chunk(source, chunk, hot_threshold).await?;
     let mut more: Vec<Work> = rest.into_iter().map(Work::Exact).collect();
     if chunk_end < range.end {
-        more.push(Work::Sketch(IdRange::new(chunk_end + 1, range.end)));
+        more.push(Work::Sketch {
+            range: IdRange::new(chunk_end + 1, range.end),
+            probe: true,
+        });
     }
     Ok((outcome, more))
 }
@@ -504,7 +509,7 @@ async fn sketch_range<S: Source>(
     limit: u64,
     hot_threshold: u64,
     split_min_rows: u64,
-    row_bound: u64,
+    row_bound: Option<u64>,
 ) -> Result<(ChunkOutcome, Vec<Work>)> {
     let fallback = || exact_part(source, range, limit, hot_threshold);
     if span_of(range) > sketch::MAX_SPAN {
@@ -512,14 +517,20 @@ async fn sketch_range<S: Source>(
     }
     // Where every table holds at most `row_bound` rows: the blob table
     // (one row per id) cannot hold more than the span, a reference column
-    // can, so it is always probed.
-    let probe_blobs = span_of(range) > row_bound;
+    // can, so it is always probed. A span the chunks before it back needs
+    // no probe: a probe reads what the sum reads again.
+    let probe_blobs = row_bound.is_some_and(|bound| span_of(range) > bound);
+    let probe_references = row_bound.is_some();
     let cuts = try_join_all(
         probe_blobs
             .then_some(None)
             .into_iter()
-            .chain((0..source.column_count()).map(Some))
-            .map(|table| source.sketch_cut(table, range, row_bound)),
+            .chain(
+                (0..source.column_count())
+                    .filter(|_| probe_references)
+                    .map(Some),
+            )
+            .map(|table| source.sketch_cut(table, range, row_bound.unwrap_or(u64::MAX))),
     )
     .await?;
     let (range, rest) = match cuts.iter().flatten().min().copied() {
@@ -528,7 +539,10 @@ async fn sketch_range<S: Source>(
         Some(cut) if cut <= range.start => return fallback().await,
         Some(cut) => (
             IdRange::new(range.start, cut - 1),
-            vec![Work::Sketch(IdRange::new(cut, range.end))],
+            vec![Work::Sketch {
+                range: IdRange::new(cut, range.end),
+                probe: true,
+            }],
         ),
         None => (range, Vec::new()),
     };
@@ -541,7 +555,7 @@ async fn sketch_range<S: Source>(
     let probed_rows = probe_blobs
         .then_some(top.blobs.rows)
         .into_iter()
-        .chain(columns.iter().copied());
+        .chain(columns.iter().copied().filter(|_| probe_references));
     let probed: u64 = cuts
         .iter()
         .zip(probed_rows)
@@ -636,7 +650,7 @@ pub async fn scan<S: Source>(
                     sizer.lock().unwrap().observe(limit, started.elapsed());
                     (outcome, rest.map(Work::Exact).into_iter().collect())
                 }
-                Work::Sketch(range) => {
+                Work::Sketch { range, probe } => {
                     let limit = sizer.lock().unwrap().size();
                     sketch_range(
                         &*source,
@@ -644,7 +658,7 @@ pub async fn scan<S: Source>(
                         limit,
                         hot_threshold,
                         split_min_rows,
-                        row_bound,
+                        probe.then_some(row_bound),
                     )
                     .await?
                 }
@@ -671,11 +685,15 @@ pub async fn scan<S: Source>(
     let planner = tokio::spawn(async move {
         let mut start = range.start;
         loop {
-            let span = planner_span_sizer.lock().unwrap().span();
+            let (span, probe) = {
+                let sizer = planner_span_sizer.lock().unwrap();
+                (sizer.span(), !sizer.proven(sizer.span()))
+            };
             let (work, end) = match method {
                 Method::Sketch { .. } if span <= sketch::MAX_SPAN => {
                     let end = start.saturating_add(span - 1).min(range.end);
-                    (Ok(Work::Sketch(IdRange::new(start, end))), Some(end))
+                    let range = IdRange::new(start, end);
+                    (Ok(Work::Sketch { range, probe }), Some(end))
                 }
                 _ => {
                     let limit = planner_sizer.lock().unwrap().size();

@@ -308,6 +308,11 @@ fn integer_roots(a: i128, b: i128, c: i128) -> Vec<i128> {
 pub struct SpanSizer {
     span: u64,
     target_rows: u64,
+    /// The span the last chunk dense enough to measure (a quarter of the
+    /// target rows or more) asked for: spans up to twice that are backed by
+    /// what was read, longer ones (grown over empty space, or from a few
+    /// rows) are not.
+    backed: Option<u64>,
 }
 
 impl SpanSizer {
@@ -316,11 +321,19 @@ impl SpanSizer {
         SpanSizer {
             span: target_rows,
             target_rows,
+            backed: None,
         }
     }
 
     pub fn span(&self) -> u64 {
         self.span
+    }
+
+    /// Whether the rows of the chunks before it back a span this long, so
+    /// that its tables need not be probed for the row bound first.
+    pub fn proven(&self, span: u64) -> bool {
+        self.backed
+            .is_some_and(|backed| span <= backed.saturating_mul(2))
     }
 
     /// A chunk of `span` ids held `rows` rows (the most of any one table).
@@ -333,6 +346,9 @@ impl SpanSizer {
             u64::try_from(scaled).unwrap_or(u64::MAX)
         };
         self.span = next.max(1);
+        if rows.saturating_mul(4) >= self.target_rows {
+            self.backed = Some(self.span);
+        }
     }
 }
 
