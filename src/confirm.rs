@@ -180,7 +180,7 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// agreeing re-read cannot follow: whatever is in flight at the second read
 /// has its reference step between the second and the third, which changes
 /// the rows seen.
-fn agreeing(confirmations: u32) -> usize {
+pub fn agreeing(confirmations: u32) -> usize {
     (confirmations as usize + 1).max(3)
 }
 

@@ -475,8 +475,8 @@ pub fn summary_text(summary: &Summary) -> String {
     if summary.confirmations > 0 {
         let _ = writeln!(
             s,
-            "  confirmed    each finding read {} more times after a settle delay; {} candidates were changes in flight (transient), {} never settled; {} busy blobs re-read and consistent",
-            summary.confirmations,
+            "  confirmed    each finding read again by id, {} times in agreement, a settle delay apart; {} candidates were changes in flight (transient), {} never settled; {} busy blobs re-read and consistent",
+            crate::confirm::agreeing(summary.confirmations),
             thousands(summary.transient),
             thousands(summary.unsettled.len() as u64),
             thousands(summary.watched)
