@@ -1880,30 +1880,51 @@ fn nothing_is_ever_written() {
     assert_eq!(fixture_checksums(), before, "a fixture table changed");
 }
 
+/// A database `name` on the global fixture server with a blob table `B`
+/// (`ID id_type PRIMARY KEY, N count_type`) and a reference table `R`
+/// (`ID, BlobRef` with an index), loaded with `blobs` and `references`
+/// (SQL value lists) and readable by the checking account; returns the
+/// configuration that checks it.
+fn tiny_database(
+    name: &str,
+    id_type: &str,
+    count_type: &str,
+    blobs: &str,
+    references: &str,
+) -> String {
+    servers()
+        .global
+        .run_sql(&format!(
+            "DROP DATABASE IF EXISTS {name};
+             CREATE DATABASE {name};
+             CREATE TABLE {name}.B (ID {id_type} PRIMARY KEY, N {count_type}) ENGINE=InnoDB;
+             CREATE TABLE {name}.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
+             INSERT INTO {name}.B VALUES {blobs};
+             INSERT INTO {name}.R VALUES {references};
+             GRANT SELECT ON {name}.* TO '{CHECKER_USER}'@'%';"
+        ))
+        .unwrap();
+    let (global, shard) = checker_urls();
+    small_config(
+        &global,
+        &shard,
+        ["global", &format!("{name}.B"), "ID", "N"],
+        &[("global", &format!("{name}.R"), "BlobRef")],
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Values no blob table should hold: both methods say the same, naming the id.
 // ---------------------------------------------------------------------------
 
 #[test]
 fn a_null_count_is_named_by_both_methods() {
-    let s = servers();
-    s.global
-        .run_sql(&format!(
-            "DROP DATABASE IF EXISTS errors_nullcount;
-             CREATE DATABASE errors_nullcount;
-             CREATE TABLE errors_nullcount.B (ID bigint unsigned PRIMARY KEY, N bigint unsigned NULL) ENGINE=InnoDB;
-             CREATE TABLE errors_nullcount.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
-             INSERT INTO errors_nullcount.B VALUES (1, 1), (2, 0), (5, NULL), (9, 1);
-             INSERT INTO errors_nullcount.R VALUES (1, 1), (3, 9);
-             GRANT SELECT ON errors_nullcount.* TO '{CHECKER_USER}'@'%';"
-        ))
-        .unwrap();
-    let (global, shard) = checker_urls();
-    let text = small_config(
-        &global,
-        &shard,
-        ["global", "errors_nullcount.B", "ID", "N"],
-        &[("global", "errors_nullcount.R", "BlobRef")],
+    let text = tiny_database(
+        "errors_nullcount",
+        "bigint unsigned",
+        "bigint unsigned NULL",
+        "(1, 1), (2, 0), (5, NULL), (9, 1)",
+        "(1, 1), (3, 9)",
     );
     // Unreferenced, the NULL sums like a 0 in SQL: the sketch must not
     // pass it as consistent.
@@ -1919,24 +1940,12 @@ fn a_null_count_is_named_by_both_methods() {
 
 #[test]
 fn negative_blob_ids_are_named_not_a_panic() {
-    let s = servers();
-    s.global
-        .run_sql(&format!(
-            "DROP DATABASE IF EXISTS errors_negative;
-             CREATE DATABASE errors_negative;
-             CREATE TABLE errors_negative.B (ID bigint PRIMARY KEY, N bigint unsigned NOT NULL) ENGINE=InnoDB;
-             CREATE TABLE errors_negative.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
-             INSERT INTO errors_negative.B VALUES (-3, 1), (1, 1);
-             INSERT INTO errors_negative.R VALUES (1, 1);
-             GRANT SELECT ON errors_negative.* TO '{CHECKER_USER}'@'%';"
-        ))
-        .unwrap();
-    let (global, shard) = checker_urls();
-    let text = small_config(
-        &global,
-        &shard,
-        ["global", "errors_negative.B", "ID", "N"],
-        &[("global", "errors_negative.R", "BlobRef")],
+    let text = tiny_database(
+        "errors_negative",
+        "bigint",
+        "bigint unsigned NOT NULL",
+        "(-3, 1), (1, 1)",
+        "(1, 1)",
     );
     for args in [&["--method", "exact"][..], &["--partition", "0/2"]] {
         let r = check(&text, &[], args);
@@ -2010,24 +2019,12 @@ fn a_damaged_or_edited_checkpoint_is_refused_in_one_line() {
 
 #[test]
 fn checkpoints_resume_only_what_they_hold_and_a_finished_one_starts_anew() {
-    let s = servers();
-    s.global
-        .run_sql(&format!(
-            "DROP DATABASE IF EXISTS errors_partition;
-             CREATE DATABASE errors_partition;
-             CREATE TABLE errors_partition.B (ID bigint unsigned PRIMARY KEY, N bigint unsigned NOT NULL) ENGINE=InnoDB;
-             CREATE TABLE errors_partition.R (ID bigint unsigned PRIMARY KEY, BlobRef bigint unsigned, KEY (BlobRef)) ENGINE=InnoDB;
-             INSERT INTO errors_partition.B VALUES (1, 1), (2, 2), (3, 0);
-             INSERT INTO errors_partition.R VALUES (1, 1), (2, 2);
-             GRANT SELECT ON errors_partition.* TO '{CHECKER_USER}'@'%';"
-        ))
-        .unwrap();
-    let (global, shard) = checker_urls();
-    let text = small_config(
-        &global,
-        &shard,
-        ["global", "errors_partition.B", "ID", "N"],
-        &[("global", "errors_partition.R", "BlobRef")],
+    let text = tiny_database(
+        "errors_partition",
+        "bigint unsigned",
+        "bigint unsigned NOT NULL",
+        "(1, 1), (2, 2), (3, 0)",
+        "(1, 1), (2, 2)",
     );
     let dir = tempfile::tempdir().unwrap();
     let config = write_temp(dir.path(), "blobcheck.toml", &text);
@@ -2070,7 +2067,8 @@ fn checkpoints_resume_only_what_they_hold_and_a_finished_one_starts_anew() {
     saved["next_start"] = 3u64.into();
     saved["findings"] = serde_json::json!([]);
     std::fs::write(checkpoint, saved.to_string()).unwrap();
-    s.global
+    servers()
+        .global
         .run_sql("INSERT INTO errors_partition.B VALUES (16777216, 0)")
         .unwrap();
     let r = check(&["--partition", "0/2", "--resume"]);
