@@ -7,12 +7,18 @@
 //! Each candidate is therefore read again by id, after a settle delay and
 //! then once per settle delay, with the stored count read before and after
 //! the references are recounted (a read during which the count moved is not
-//! trusted). A candidate is reported only when its last `confirmations + 1`
-//! reads, spanning at least `confirmations` settle delays, saw the same
-//! stored count and the same number of references, with a nonzero
-//! difference. Agreeing on the difference alone is not enough: a blob that
-//! changes often can be caught by each read in a different change in flight
-//! (`5 − 4`, then `6 − 5`), which looks like a steady difference of 1.
+//! trusted), and with a fingerprint of which rows reference it. A candidate
+//! is reported only when its last `confirmations + 1` re-reads (at least
+//! three), spanning at least `confirmations` settle delays, saw the same
+//! stored count, the same number of references and the same referencing
+//! rows, with a nonzero difference. Agreeing on the difference alone is not
+//! enough: a blob that changes often can be caught by each read in a
+//! different change in flight (`5 − 4`, then `6 − 5`), which looks like a
+//! steady difference of 1; nor on the counts alone: a blob whose reference
+//! is replaced by another (a draft saved again) reads the same counts in
+//! flight every time, over other rows. See `verdict` for the rules, and
+//! README ("What confirmation cannot tell") for the one workload no read
+//! tells from a fault.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,15 +192,17 @@ pub fn agreeing(confirmations: u32) -> usize {
 
 /// The rule, on the readings alone (the first is the scan's).
 ///
-/// An ordinary candidate is confirmed when its last `confirmations + 1`
-/// readings are stable, identical (stored count and references) and show a
-/// nonzero difference, and is transient once its last `confirmations`
-/// readings are stable, identical and show a difference of 0.
+/// An ordinary candidate is confirmed when its last `agreeing` re-reads
+/// (`confirmations + 1`, at least three, never the scan's read) are stable,
+/// agree (stored count, references, and the rows that reference it, see
+/// `Seen::agrees`) and show a nonzero difference, and is transient once its
+/// last `confirmations` readings are stable, agree and show a difference of
+/// 0.
 ///
 /// A busy blob (see `ConfirmOptions::hot_threshold`) gets no benefit of the
 /// doubt: changes in flight can bias its readings either way, so it is
 /// confirmed only when its first `2 × (confirmations + 1)` re-reads are all
-/// stable and identical, and consistent when they are all 0 or when 0 holds a
+/// stable and agree, and consistent when they are all 0 or when 0 holds a
 /// strict majority of the allowed reads. One that changes under every read
 /// is unsettled: not reported, but listed, so that it is checked again
 /// rather than trusted.
