@@ -544,7 +544,7 @@ impl Run<'_> {
         });
         let mut scan_done = scanner.is_none();
         let mut stop = self.options.stop.clone();
-        // Written once before anything is read: a checkpoint that cannot be
+        // Written once before the scan starts: a checkpoint that cannot be
         // written fails the run now, not after the work.
         self.save_checkpoint(state)?;
         let checkpoint_interval = self

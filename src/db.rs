@@ -758,11 +758,16 @@ pub fn blob_points_sql(blobs: &BlobScan, ids: &[u64]) -> String {
 /// Point reads of one column's reference counts for confirmation.
 ///
 /// The third column fingerprints which rows reference each id: the XOR of
-/// a CRC32 of each row's primary key, read from the same index (an InnoDB
-/// secondary index holds the primary key). Confirmation uses it to tell a
-/// blob whose references were replaced by as many others (a draft saved
-/// again: one reference added, one removed) from one that held still. 0
-/// when the table has no primary key.
+/// a 64-bit hash (the first 16 hex digits of an MD5) of each row's primary
+/// key, read from the same index (an InnoDB secondary index holds the
+/// primary key). Confirmation uses it to tell a blob whose references were
+/// replaced by as many others (a draft saved again: one reference added,
+/// one removed) from one that held still. Two different sets of rows give
+/// the same XOR only as often as two random 64-bit numbers agree; a linear
+/// hash such as CRC32 would not do (the XOR of the CRC32s of `10` and `13`
+/// is that of `11` and `12`). Each key part is prefixed by its length, so
+/// that no two keys spell the same text. 0 when the table has no primary
+/// key.
 pub fn reference_points_sql(reference: &ReferenceScan, ids: &[u64]) -> String {
     let fingerprint = if reference.primary_key.is_empty() {
         "0".to_owned()
@@ -770,9 +775,12 @@ pub fn reference_points_sql(reference: &ReferenceScan, ids: &[u64]) -> String {
         let key: Vec<String> = reference
             .primary_key
             .iter()
-            .map(ServerIdent::quoted)
+            .map(|part| format!("LENGTH({0}), {0}", part.quoted()))
             .collect();
-        format!("BIT_XOR(CRC32(CONCAT_WS(',', {})))", key.join(", "))
+        format!(
+            "BIT_XOR(CAST(CONV(SUBSTRING(MD5(CONCAT_WS(',', {})), 1, 16), 16, 10) AS UNSIGNED))",
+            key.join(", ")
+        )
     };
     format!(
         "SELECT {col}, COUNT(*), {fingerprint} FROM {table} FORCE INDEX ({index}) WHERE {condition} GROUP BY {col}",

@@ -42,6 +42,11 @@ pub enum Error {
         "interrupted by {signal}: the check stopped before its end; its summary and metrics say what it checked"
     )]
     Interrupted { signal: String },
+
+    #[error(
+        "interrupted by {signal}: a read that did not return held the stop up, so the check was abandoned without a summary; the metrics say the run failed, and --resume continues from the last checkpoint saved"
+    )]
+    Abandoned { signal: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -200,7 +200,7 @@ fn main() -> ExitCode {
     match run(cli.command, quiet) {
         Ok(0) => ExitCode::from(EXIT_CONSISTENT as u8),
         Ok(_) => ExitCode::from(EXIT_FINDINGS as u8),
-        Err(e @ Error::Interrupted { .. }) => {
+        Err(e @ (Error::Interrupted { .. } | Error::Abandoned { .. })) => {
             eprintln!("blobcheck: {e}");
             ExitCode::from(EXIT_INTERRUPTED as u8)
         }
@@ -236,7 +236,7 @@ async fn finish_or_give_up(
     };
     tokio::select! {
         result = run => result,
-        signal = give_up => Err(Error::Interrupted { signal }),
+        signal = give_up => Err(Error::Abandoned { signal }),
     }
 }
 
@@ -376,9 +376,13 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
 fn open_output(path: Option<&std::path::Path>) -> Result<Box<dyn std::io::Write + Send>, Error> {
     Ok(match path {
         Some(path) => {
+            // `/dev/stdout` and the like name a stream the caller opened
+            // (perhaps `>> app.log`): appended to, never emptied.
+            let stream = path.starts_with("/dev") || path.starts_with("/proc");
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
+                .append(stream)
                 .truncate(false)
                 .open(path)
                 .map_err(|e| Error::Output {
@@ -387,7 +391,7 @@ fn open_output(path: Option<&std::path::Path>) -> Result<Box<dyn std::io::Write 
                 })?;
             Box::new(std::io::BufWriter::new(EmptiedOnFirstWrite {
                 file,
-                emptied: false,
+                emptied: stream,
             }))
         }
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),

@@ -43,26 +43,42 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let target = resolved(path);
-    if let Ok(metadata) = std::fs::metadata(&target)
-        && !metadata.is_file()
-    {
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(
+            "a loop of symbolic links: give a file",
+        ));
+    }
+    let existing = std::fs::metadata(&target).ok();
+    if existing.as_ref().is_some_and(|m| !m.is_file()) {
         return Err(std::io::Error::other(
             "not a regular file: it is replaced on every write, so give a file",
         ));
     }
-    let mut name = std::ffi::OsString::from(".");
-    name.push(target.file_name().unwrap_or_default());
-    name.push(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let temporary = target.with_file_name(name);
+    // The temporary name stays within the file system's limit on names
+    // (255 bytes) however long the target's is.
+    use std::os::unix::ffi::OsStrExt;
+    let target_name = target.file_name().unwrap_or_default().as_bytes();
+    let mut name = b".".to_vec();
+    name.extend_from_slice(&target_name[..target_name.len().min(200)]);
+    name.extend_from_slice(
+        format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+        .as_bytes(),
+    );
+    let temporary = target.with_file_name(std::ffi::OsStr::from_bytes(&name));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temporary)?;
+        // A file replaced keeps its permissions (a 0640 metrics file stays
+        // 0640).
+        if let Some(existing) = &existing {
+            file.set_permissions(existing.permissions())?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -164,6 +180,26 @@ mod tests {
             ["link.prom", "target.prom"],
             "no temporary file left"
         );
+
+        // Permissions kept; a loop of links refused; a long name written.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomically(&target, b"three").unwrap();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        std::os::unix::fs::symlink(dir.path().join("l2"), dir.path().join("l1")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("l1"), dir.path().join("l2")).unwrap();
+        let error = write_atomically(&dir.path().join("l1"), b"x").unwrap_err();
+        assert!(error.to_string().contains("loop"), "{error}");
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("l1"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let long = dir.path().join("m".repeat(250));
+        write_atomically(&long, b"long").unwrap();
+        assert_eq!(std::fs::read(&long).unwrap(), b"long");
     }
 
     fn collide(a: &Path, b: &Path) -> bool {

@@ -365,7 +365,10 @@ fn a_signal_while_a_server_does_not_answer_still_ends_the_run() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("did not stop within"), "{stderr}");
-    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM") && stderr.contains("without a summary"),
+        "{stderr}"
+    );
     let prom = std::fs::read_to_string(&metrics).expect("metrics written");
     assert!(
         prom.lines()
