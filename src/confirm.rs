@@ -182,10 +182,12 @@ pub fn max_reads(confirmations: u32, hot: bool) -> usize {
 /// can agree on a consistent blob that is written both ways: a reference
 /// added with its count still to follow at the first, a count lowered with
 /// its reference still to go at the second, and between them only count
-/// steps, which change neither the counts nor the rows seen. A third
-/// agreeing re-read cannot follow: whatever is in flight at the second read
-/// has its reference step between the second and the third, which changes
-/// the rows seen.
+/// steps, which change neither the counts nor the rows seen. For a third
+/// agreeing re-read, whatever is in flight at the second read has its
+/// reference step between the second and the third, which changes the rows
+/// seen, unless another row comes and goes in the same interval: the safe
+/// order of README "What confirmation cannot tell", pinned by
+/// `a_blob_written_both_ways_in_the_safe_order_looks_like_a_fault`.
 pub fn agreeing(confirmations: u32) -> usize {
     (confirmations as usize + 1).max(3)
 }
