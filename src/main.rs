@@ -221,10 +221,8 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// checkpoint stays for `--resume`).
 async fn finish_or_give_up(
     run: impl std::future::Future<Output = Result<blobcheck::report::Summary, Error>>,
-    stop: Option<&check::StopRequest>,
+    mut stop: check::StopRequest,
 ) -> Result<blobcheck::report::Summary, Error> {
-    let Some(stop) = stop else { return run.await };
-    let mut stop = stop.clone();
     let give_up = async {
         let signal = stop.requested().await;
         tokio::time::sleep(STOP_GRACE).await;
@@ -315,7 +313,7 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
         Command::Check { config: path, args } => {
             let config = Config::load(&path)?;
             let stop = stop_on_signals(&runtime)?;
-            runtime.block_on(check_with(&config, Some(&path), &args, quiet, Some(stop)))
+            runtime.block_on(check_with(&config, Some(&path), &args, quiet, stop))
         }
         Command::Demo { mut args } => {
             // Nothing writes to the fixtures, so confirmation needs no long
@@ -323,7 +321,7 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             args.settle_delay.get_or_insert(DEMO_SETTLE_DELAY);
             let stop = stop_on_signals(&runtime)?;
             runtime.block_on(blobcheck::demo::run(async |config| {
-                check_with(config, None, &args, quiet, Some(stop)).await
+                check_with(config, None, &args, quiet, stop).await
             }))
         }
         Command::Doctor { config } => {
@@ -434,7 +432,7 @@ async fn check_with(
     config_path: Option<&std::path::Path>,
     args: &CheckArgs,
     quiet: bool,
-    stop: Option<check::StopRequest>,
+    stop: check::StopRequest,
 ) -> Result<u64, Error> {
     let mut settings = config.check.clone();
     settings.chunk_size = args.chunk_size.unwrap_or(settings.chunk_size);
@@ -494,13 +492,13 @@ async fn check_with(
         max_connections_per_server: settings.max_connections_per_server,
         affected_rows: settings.affected_rows,
         protocol: blobcheck::db::Protocol::from_env(),
-        stop: stop.clone(),
+        stop: Some(stop.clone()),
     };
-    let result = finish_or_give_up(check::run(config, &options, reporter), stop.as_ref()).await;
-    let interrupted = result
-        .as_ref()
-        .ok()
-        .and_then(|summary| summary.interrupted.clone());
+    let result = finish_or_give_up(check::run(config, &options, reporter), stop).await;
+    // Only a run that got to its end counts as one: an interrupted run's
+    // counts are partial, and published they would resolve the alerts of
+    // the last complete run.
+    let complete = result.as_ref().ok().filter(|s| s.interrupted.is_none());
     if let Some(path) = &args.metrics_file {
         let labels: Vec<(String, String)> = args
             .partition
@@ -509,10 +507,8 @@ async fn check_with(
         let written = metrics::write(
             path,
             RunMetrics {
-                // An interrupted run's counts are partial: published, they
-                // would resolve the alerts of the last complete run.
-                summary: result.as_ref().ok().filter(|_| interrupted.is_none()),
-                success: result.is_ok() && interrupted.is_none(),
+                summary: complete,
+                success: complete.is_some(),
                 finished_at: std::time::SystemTime::now(),
                 last_success: None,
                 labels: &labels,
@@ -520,14 +516,14 @@ async fn check_with(
         );
         if let Err(e) = written {
             // The check's own outcome matters more than the metrics'.
-            if result.is_ok() && interrupted.is_none() {
+            if complete.is_some() {
                 return Err(e);
             }
             tracing::error!("{e}");
         }
     }
     let summary = result?;
-    match interrupted {
+    match summary.interrupted {
         Some(signal) => Err(Error::Interrupted { signal }),
         None => Ok(summary.findings.total),
     }

@@ -34,6 +34,38 @@ const SLOW: [&str; 12] = [
     "none",
 ];
 
+/// `blobcheck check` of the fixture configuration with JSON findings in
+/// `output`, a checkpoint, the slow settings and `extra`; resuming if
+/// `resume`.
+fn checkpointed_check(
+    config: &std::path::Path,
+    output: &std::path::Path,
+    checkpoint: &std::path::Path,
+    extra: &[&str],
+    resume: bool,
+) -> Command {
+    let mut command = blobcheck();
+    command
+        .args(["check", "--config", config.to_str().unwrap()])
+        .args(["--format", "json", "--output", output.to_str().unwrap()])
+        .args(["--checkpoint", checkpoint.to_str().unwrap()])
+        .args(SLOW)
+        .args(extra)
+        .stderr(Stdio::piped());
+    if resume {
+        command.arg("--resume");
+    }
+    command
+}
+
+/// The `blobcheck_last_run_success` a metrics file says.
+fn last_run_success(metrics: &std::path::Path) -> Option<String> {
+    let prom = std::fs::read_to_string(metrics).ok()?;
+    prom.lines()
+        .find_map(|l| l.strip_prefix("blobcheck_last_run_success "))
+        .map(str::to_owned)
+}
+
 #[test]
 fn a_server_restarted_mid_run_is_retried_and_the_findings_stay_exact() {
     let mut servers = FixtureServers::start().unwrap();
@@ -101,25 +133,7 @@ fn a_killed_run_resumes_from_its_checkpoint_with_the_same_findings() {
     let config = write_fixture_config(&servers, dir.path());
     let checkpoint = dir.path().join("run.checkpoint");
     let output = dir.path().join("findings.jsonl");
-    let run = |resume: bool| {
-        let mut command = blobcheck();
-        command
-            .args([
-                "check",
-                "--config",
-                config.to_str().unwrap(),
-                "--format",
-                "json",
-            ])
-            .args(["--output", output.to_str().unwrap()])
-            .args(["--checkpoint", checkpoint.to_str().unwrap()])
-            .args(SLOW)
-            .stderr(Stdio::piped());
-        if resume {
-            command.arg("--resume");
-        }
-        command
-    };
+    let run = |resume: bool| checkpointed_check(&config, &output, &checkpoint, &[], resume);
 
     // Kill the first run once its checkpoint shows progress but before it
     // ends.
@@ -247,20 +261,9 @@ fn a_signal_stops_the_run_with_checkpoint_summary_and_metrics() {
         let checkpoint = dir.path().join(format!("{name}.checkpoint"));
         let output = dir.path().join(format!("{name}.jsonl"));
         let metrics = dir.path().join(format!("{name}.prom"));
-        let run = |resume: bool| {
-            let mut command = blobcheck();
-            command
-                .args(["check", "--config", config.to_str().unwrap()])
-                .args(["--format", "json", "--output", output.to_str().unwrap()])
-                .args(["--checkpoint", checkpoint.to_str().unwrap()])
-                .args(["--metrics-file", metrics.to_str().unwrap()])
-                .args(SLOW)
-                .stderr(Stdio::piped());
-            if resume {
-                command.arg("--resume");
-            }
-            command
-        };
+        let metrics_arg = ["--metrics-file", metrics.to_str().unwrap()];
+        let run =
+            |resume: bool| checkpointed_check(&config, &output, &checkpoint, &metrics_arg, resume);
         let mut child = run(false).spawn().unwrap();
         wait_until_checkpointed(&mut child, &checkpoint, 2000, Duration::from_secs(60));
         let sent = std::time::Instant::now();
@@ -282,12 +285,7 @@ fn a_signal_stops_the_run_with_checkpoint_summary_and_metrics() {
             stderr.contains("Result: incomplete (interrupted)"),
             "{name}: the summary: {stderr}"
         );
-        let prom = std::fs::read_to_string(&metrics).expect("metrics written");
-        assert!(
-            prom.lines()
-                .any(|l| l.starts_with("blobcheck_last_run_success") && l.ends_with(" 0")),
-            "{name}: {prom}"
-        );
+        assert_eq!(last_run_success(&metrics).as_deref(), Some("0"), "{name}");
         let saved: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
         assert_eq!(saved["complete"], false, "{name}");
@@ -303,12 +301,7 @@ fn a_signal_stops_the_run_with_checkpoint_summary_and_metrics() {
             expected_fixture_findings(),
             "{name}"
         );
-        let prom = std::fs::read_to_string(&metrics).unwrap();
-        assert!(
-            prom.lines()
-                .any(|l| l.starts_with("blobcheck_last_run_success") && l.ends_with(" 1")),
-            "{name}: {prom}"
-        );
+        assert_eq!(last_run_success(&metrics).as_deref(), Some("1"), "{name}");
     }
 }
 
@@ -369,12 +362,8 @@ fn a_signal_while_a_server_does_not_answer_still_ends_the_run() {
         stderr.contains("interrupted by SIGTERM") && stderr.contains("without a summary"),
         "{stderr}"
     );
-    let prom = std::fs::read_to_string(&metrics).expect("metrics written");
-    assert!(
-        prom.lines()
-            .any(|l| l.starts_with("blobcheck_last_run_success") && l.ends_with(" 0")),
-        "{prom}"
-    );
+    assert_eq!(last_run_success(&metrics).as_deref(), Some("0"));
+    let prom = std::fs::read_to_string(&metrics).unwrap();
     assert!(
         !prom.contains("blobcheck_findings"),
         "no partial counts: {prom}"
