@@ -459,7 +459,6 @@ fn skip_labels(text: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::report::{ColumnSummary, FindingCounts};
-    use std::collections::{HashMap, HashSet};
 
     fn at(seconds: u64, millis: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(seconds * 1000 + millis)
@@ -562,7 +561,6 @@ blobcheck_negative_references{column="body"} 0
             labels: &[],
         });
         assert_eq!(text, SUCCESS);
-        validate(&text).unwrap();
     }
 
     #[test]
@@ -589,7 +587,6 @@ blobcheck_negative_references{column="body"} 0
         }
         // No columns: the per-column families are left out, not left empty.
         assert!(!text.contains("blobcheck_references_scanned"), "{text}");
-        validate(&text).unwrap();
     }
 
     #[test]
@@ -606,7 +603,6 @@ blobcheck_negative_references{column="body"} 0
             last_success: None,
             labels: &labels,
         });
-        validate(&text).unwrap();
         assert!(text.lines().any(|l| l
             == r#"blobcheck_findings{kind="count_mismatch",direction="too_low",partition="2/8",cluster="eu"} 120"#));
         assert!(
@@ -632,7 +628,6 @@ blobcheck_negative_references{column="body"} 0
             last_success: None,
             labels: &labels,
         });
-        validate(&text).unwrap();
         assert!(text.lines().any(|l| l
             == r#"blobcheck_blob_rows_scanned{table="db.\"blobs\"",site="a\\b\"c\nd"} 1000000"#));
         assert!(text.lines().any(|l| l
@@ -649,7 +644,6 @@ blobcheck_negative_references{column="body"} 0
             last_success: Some(at(100, 0)),
             labels: &[],
         });
-        validate(&text).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
@@ -667,7 +661,6 @@ blobcheck_negative_references{column="body"} 0
             last_success: None,
             labels: &[],
         });
-        validate(&text).unwrap();
         assert!(!text.contains(LAST_SUCCESS), "{text}");
     }
 
@@ -704,7 +697,6 @@ blobcheck_negative_references{column="body"} 0
             labels: &labels,
         };
         let text = render(&run);
-        validate(&text).unwrap();
         assert!(text.contains(r#"{kind="missing_blob",site="a"}"#), "{text}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -832,7 +824,6 @@ blobcheck_negative_references{column="body"} 0
             };
             write(&path, failure).unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
-            validate(&text).unwrap();
             assert!(
                 text.contains(
                     "\nblobcheck_last_success_timestamp_seconds{partition=\"2/8\"} 1767225600.123\n"
@@ -937,177 +928,5 @@ blobcheck_negative_references{column="body"} 0
         assert_eq!(float(f64::NAN), "NaN");
         assert_eq!(float(f64::INFINITY), "+Inf");
         assert_eq!(float(0.25), "0.25");
-    }
-
-    #[test]
-    fn the_validator_rejects_what_prometheus_would() {
-        validate("# HELP a x\n# TYPE a gauge\na 1\n").unwrap();
-        validate("# HELP a x\n# TYPE a gauge\na{b=\"\\\\\\\"\\n\"} -Inf 17\n").unwrap();
-        for bad in [
-            "a 1\n",                                                                   // no HELP/TYPE
-            "# TYPE a gauge\n# HELP a x\na 1\n", // HELP must come first (our rule)
-            "# HELP a x\n# TYPE a gauge\na{b=\"x\"} one\n", // bad value
-            "# HELP a x\n# TYPE a gauge\na{b=\"x\\q\"} 1\n", // bad escape
-            "# HELP a x\n# TYPE a gauge\na{b=\"x\",b=\"y\"} 1\n", // label twice
-            "# HELP a x\n# TYPE a gauge\na 1\na 2\n", // series twice
-            "# HELP a x\n# TYPE a gauge\na{1b=\"x\"} 1\n", // bad label name
-            "# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\na 3\n", // family reopened
-            "# HELP 1a x\n# TYPE 1a gauge\n1a 1\n", // bad metric name
-            "# HELP a x\n# TYPE a gauge\na 1",      // no final newline
-        ] {
-            assert!(validate(bad).is_err(), "accepted {bad:?}");
-        }
-    }
-
-    /// A small validator of the text exposition format, as strict as this
-    /// module needs: every sample line is `name{labels} value [timestamp]`
-    /// with valid names and escapes, every family has `# HELP` then
-    /// `# TYPE` before its first sample, families are not split, no series
-    /// appears twice, the text ends with a line feed.
-    fn validate(text: &str) -> std::result::Result<(), String> {
-        if !text.is_empty() && !text.ends_with('\n') {
-            return Err("no final line feed".into());
-        }
-        let mut help: HashSet<String> = HashSet::new();
-        let mut typed: HashMap<String, String> = HashMap::new();
-        let mut closed: HashSet<String> = HashSet::new();
-        let mut current: Option<String> = None;
-        let mut series: HashSet<String> = HashSet::new();
-        for (n, line) in text.lines().enumerate() {
-            let fail = |why: &str| Err(format!("line {}: {why}: {line:?}", n + 1));
-            if let Some(comment) = line.strip_prefix('#') {
-                let mut parts = comment.trim_start().splitn(3, ' ');
-                let keyword = parts.next().unwrap_or_default();
-                let name = parts.next().unwrap_or_default().to_owned();
-                let rest = parts.next().unwrap_or_default();
-                match keyword {
-                    "HELP" | "TYPE" => {
-                        if !is_metric_name(&name) {
-                            return fail("bad metric name");
-                        }
-                        if closed.contains(&name) {
-                            return fail("family reopened");
-                        }
-                        if current.as_ref() != Some(&name) {
-                            if let Some(previous) = current.take() {
-                                closed.insert(previous);
-                            }
-                            current = Some(name.clone());
-                        }
-                        if keyword == "HELP" {
-                            if !help.insert(name.clone()) || typed.contains_key(&name) {
-                                return fail("HELP twice or after TYPE");
-                            }
-                        } else {
-                            if !help.contains(&name) {
-                                return fail("TYPE before HELP");
-                            }
-                            if !matches!(
-                                rest,
-                                "gauge" | "counter" | "histogram" | "summary" | "untyped"
-                            ) {
-                                return fail("bad type");
-                            }
-                            if typed.insert(name, rest.to_owned()).is_some() {
-                                return fail("TYPE twice");
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-            let name = &line[..name_end];
-            if !is_metric_name(name) {
-                return fail("bad metric name");
-            }
-            if current.as_deref() != Some(name) {
-                return fail("sample outside its family");
-            }
-            if !help.contains(name) || !typed.contains_key(name) {
-                return fail("no HELP and TYPE before the sample");
-            }
-            let mut rest = &line[name_end..];
-            let mut labels: Vec<(String, String)> = Vec::new();
-            if let Some(after) = rest.strip_prefix('{') {
-                rest = after;
-                loop {
-                    if let Some(after) = rest.strip_prefix('}') {
-                        rest = after;
-                        break;
-                    }
-                    let eq = rest.find('=').ok_or("label without =")?;
-                    let label = &rest[..eq];
-                    if !is_label_name(label) {
-                        return fail("bad label name");
-                    }
-                    if labels.iter().any(|(l, _)| l == label) {
-                        return fail("label twice");
-                    }
-                    rest = rest[eq + 1..]
-                        .strip_prefix('"')
-                        .ok_or("label value not quoted")?;
-                    let mut value = String::new();
-                    let mut chars = rest.char_indices();
-                    let end = loop {
-                        match chars.next() {
-                            None => return fail("unterminated label value"),
-                            Some((i, '"')) => break i,
-                            Some((_, '\\')) => match chars.next() {
-                                Some((_, '\\')) => value.push('\\'),
-                                Some((_, '"')) => value.push('"'),
-                                Some((_, 'n')) => value.push('\n'),
-                                _ => return fail("bad escape"),
-                            },
-                            Some((_, '\n')) => return fail("raw line feed"),
-                            Some((_, c)) => value.push(c),
-                        }
-                    };
-                    labels.push((label.to_owned(), value));
-                    rest = &rest[end + 1..];
-                    if let Some(after) = rest.strip_prefix(',') {
-                        rest = after;
-                    } else if !rest.starts_with('}') {
-                        return fail("expected , or }");
-                    }
-                }
-            }
-            let Some(rest) = rest.strip_prefix(' ') else {
-                return fail("no space before the value");
-            };
-            let mut fields = rest.split(' ');
-            let value = fields.next().unwrap_or_default();
-            let valid_value = matches!(value, "NaN" | "+Inf" | "-Inf")
-                || (value.parse::<f64>().is_ok()
-                    && value
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || ".-+eE".contains(c)));
-            if !valid_value {
-                return fail("bad value");
-            }
-            if let Some(timestamp) = fields.next()
-                && timestamp.parse::<i64>().is_err()
-            {
-                return fail("bad timestamp");
-            }
-            if fields.next().is_some() {
-                return fail("trailing fields");
-            }
-            labels.sort();
-            if !series.insert(format!("{name}{labels:?}")) {
-                return fail("series twice");
-            }
-        }
-        Ok(())
-    }
-
-    fn is_metric_name(name: &str) -> bool {
-        let mut chars = name.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     }
 }
