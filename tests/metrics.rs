@@ -507,10 +507,10 @@ fn the_cli_writes_files_both_tools_accept_on_success_and_on_failure() {
     let text = std::fs::read_to_string(&metrics).unwrap();
     for line in [
         "blobcheck_last_run_success{partition=\"0/1\"} 1",
-        "blobcheck_findings{kind=\"missing_blob\",partition=\"0/1\"} 342",
-        "blobcheck_findings{kind=\"orphan_blob\",partition=\"0/1\"} 58",
-        "blobcheck_findings_by_severity{severity=\"critical\",partition=\"0/1\"} 361",
-        "blobcheck_null_references{column=\"global:ProtonMailGlobal.SentMessage.BlobStorageID\",partition=\"0/1\"} 6",
+        "blobcheck_findings{partition=\"0/1\",kind=\"missing_blob\"} 342",
+        "blobcheck_findings{partition=\"0/1\",kind=\"orphan_blob\"} 58",
+        "blobcheck_findings_by_severity{partition=\"0/1\",severity=\"critical\"} 361",
+        "blobcheck_null_references{partition=\"0/1\",column=\"global:ProtonMailGlobal.SentMessage.BlobStorageID\"} 6",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
