@@ -4,21 +4,48 @@
 //! what was scanned, how long it took, and when the check last ran and last
 //! succeeded. `deploy/alerts.yml` holds example alerting rules on them.
 //!
-//! The file is replaced atomically (temporary file in the same directory,
-//! fsync, rename), so the collector never reads half a file. A failed run
-//! writes a file too, with `blobcheck_last_run_success 0` and the previous
-//! file's `blobcheck_last_success_timestamp_seconds` carried over, so that
-//! alerts see both the failure and how long the data has been stale.
+//! The exposition is the official `prometheus-client` crate's: [`registry`]
+//! builds a [`Registry`] whose constant labels (for example
+//! `partition="2/8"`) go on every series, with a [`LastRun`] collector in
+//! it; [`LastRun::record`] replaces what the collector reports and
+//! [`encode`] writes the registry in the Prometheus text format 0.0.4, the
+//! one the textfile collector reads (not OpenMetrics: no `# EOF`, no
+//! `# UNIT`). A long-running process keeps the registry and the
+//! [`LastRun`], records each run, and encodes on every scrape.
 //!
-//! Every series is a gauge named `blobcheck_*`. Constant labels (for example
-//! `partition="2/8"`) are added to every series, after the series' own labels.
+//! Every series is a gauge named `blobcheck_*`: each holds what the last
+//! run saw, which can be less than the run before (a counter would get a
+//! `_total` suffix and promise never to fall). They come from a collector
+//! rather than from `Gauge` and `Family` handles for two reasons: series the
+//! last run cannot give are absent, not zero (no findings from a run that
+//! did not check; no last success before the first one; no per-column series
+//! without columns), and the order of the series is fixed (a `Family` is a
+//! hash map). The crate writes the constant labels before the series' own;
+//! the order of labels carries no meaning.
+//!
+//! The file is replaced atomically ([`crate::paths::write_atomically`]:
+//! temporary file in the same directory, fsync, rename, directory synced),
+//! so the collector never reads half a file. A failed run writes a file too,
+//! with `blobcheck_last_run_success 0` and the previous file's
+//! `blobcheck_last_success_timestamp_seconds` carried over, so that alerts
+//! see both the failure and how long the data has been stale.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
+use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
 use crate::error::{Error, Result, one_line};
-use crate::report::Summary;
+use crate::report::{ColumnSummary, FindingCounts, Summary};
 
 /// The series whose value carries over from the previous file on failure.
 const LAST_SUCCESS: &str = "blobcheck_last_success_timestamp_seconds";
@@ -50,196 +77,39 @@ pub struct RunMetrics<'a> {
     pub labels: &'a [(String, String)],
 }
 
+/// A registry with `labels` on every series and a [`LastRun`] collector,
+/// which reports nothing until a run is recorded. Constant labels that
+/// [`validate_labels`] rejects are left out, so the exposition is always
+/// valid.
+pub fn registry(labels: &[(String, String)]) -> (Registry, LastRun) {
+    let constant = usable_labels(labels)
+        .into_iter()
+        .map(|(name, value)| (Cow::Owned(name.clone()), Cow::Owned(value.clone())));
+    let mut registry = Registry::with_labels(constant);
+    let last_run = LastRun::default();
+    registry.register_collector(Box::new(last_run.clone()));
+    (registry, last_run)
+}
+
+/// The registry in the Prometheus text format (version 0.0.4).
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    // A String takes every write, and the collectors of this module never
+    // fail, so there is no error to report.
+    prometheus_text::encode(&mut text, registry)
+        .expect("encoding the metrics into a String cannot fail");
+    text
+}
+
 /// Renders the metrics of a finished run (success = the check completed;
 /// failed runs still write a file so that alerting sees the failure).
 ///
 /// Constant labels that [`validate_labels`] rejects are left out, so the
 /// output is always valid; [`write`] refuses them instead.
 pub fn render(run: &RunMetrics) -> String {
-    let constant: Vec<&(String, String)> = usable_labels(run.labels);
-    let mut out = Output {
-        text: String::new(),
-        constant,
-    };
-
-    out.family(
-        "blobcheck_last_run_timestamp_seconds",
-        "When the last run of blobcheck ended, successful or not (seconds since the Unix epoch).",
-    );
-    out.sample(
-        "blobcheck_last_run_timestamp_seconds",
-        &[],
-        &timestamp(run.finished_at),
-    );
-    out.family(
-        "blobcheck_last_run_success",
-        "1 if the last run of blobcheck completed the check, 0 if it failed.",
-    );
-    out.sample(
-        "blobcheck_last_run_success",
-        &[],
-        if run.success { "1" } else { "0" },
-    );
-    let last_success = if run.success {
-        Some(run.finished_at)
-    } else {
-        run.last_success
-    };
-    if let Some(last_success) = last_success {
-        out.family(
-            LAST_SUCCESS,
-            "When the last successful run of blobcheck ended (seconds since the Unix epoch).",
-        );
-        out.sample(LAST_SUCCESS, &[], &timestamp(last_success));
-    }
-
-    let Some(summary) = run.summary else {
-        return out.text;
-    };
-    let f = &summary.findings;
-
-    out.family(
-        "blobcheck_duration_seconds",
-        "How long the last run with a summary took, in seconds.",
-    );
-    out.sample("blobcheck_duration_seconds", &[], &float(summary.seconds));
-
-    out.family(
-        "blobcheck_findings",
-        "Inconsistencies found by the last run, by kind (and direction for count_mismatch).",
-    );
-    for (kind, direction, count) in [
-        ("count_mismatch", Some("too_low"), f.count_mismatch_too_low),
-        (
-            "count_mismatch",
-            Some("too_high"),
-            f.count_mismatch_too_high,
-        ),
-        ("missing_blob", None, f.missing_blob),
-        ("orphan_blob", None, f.orphan_blob),
-    ] {
-        match direction {
-            Some(direction) => out.sample(
-                "blobcheck_findings",
-                &[("kind", kind), ("direction", direction)],
-                &count.to_string(),
-            ),
-            None => out.sample("blobcheck_findings", &[("kind", kind)], &count.to_string()),
-        }
-    }
-
-    out.family(
-        "blobcheck_findings_by_severity",
-        "Inconsistencies found by the last run, by severity.",
-    );
-    for (severity, count) in [
-        ("critical", f.critical),
-        ("error", f.error),
-        ("warning", f.warning),
-    ] {
-        out.sample(
-            "blobcheck_findings_by_severity",
-            &[("severity", severity)],
-            &count.to_string(),
-        );
-    }
-
-    out.family(
-        "blobcheck_findings_stored_zero",
-        "count_mismatch findings too low with a stored count of 0: referenced blobs the cleanup will delete.",
-    );
-    out.sample(
-        "blobcheck_findings_stored_zero",
-        &[],
-        &f.count_mismatch_too_low_stored_zero.to_string(),
-    );
-
-    out.family(
-        "blobcheck_transient_candidates",
-        "Candidates of the last run that settled to consistent when read again: changes in flight, not findings.",
-    );
-    out.sample(
-        "blobcheck_transient_candidates",
-        &[],
-        &summary.transient.to_string(),
-    );
-    out.family(
-        "blobcheck_unsettled_candidates",
-        "Candidates of the last run that kept changing through every read allowed: neither reported nor cleared.",
-    );
-    out.sample(
-        "blobcheck_unsettled_candidates",
-        &[],
-        &(summary.unsettled.len() as u64).to_string(),
-    );
-
-    out.family(
-        "blobcheck_blob_rows_scanned",
-        "Rows of the blob table read by the last run.",
-    );
-    out.sample(
-        "blobcheck_blob_rows_scanned",
-        &[("table", &summary.blob_table)],
-        &summary.blob_rows.to_string(),
-    );
-
-    // Labels are unique in a valid configuration; should two columns share
-    // one, they are added up rather than written as a duplicate series.
-    let mut columns: Vec<(&str, u64, u64, u64)> = Vec::with_capacity(summary.columns.len());
-    for column in &summary.columns {
-        match columns
-            .iter_mut()
-            .find(|(label, ..)| *label == column.label)
-        {
-            Some((_, references, nulls, negative)) => {
-                *references += column.references;
-                *nulls += column.nulls;
-                *negative += column.negative;
-            }
-            None => columns.push((
-                &column.label,
-                column.references,
-                column.nulls,
-                column.negative,
-            )),
-        }
-    }
-    if !columns.is_empty() {
-        out.family(
-            "blobcheck_references_scanned",
-            "References counted by the last run, per reference column.",
-        );
-        for (label, references, ..) in &columns {
-            out.sample(
-                "blobcheck_references_scanned",
-                &[("column", label)],
-                &references.to_string(),
-            );
-        }
-        out.family(
-            "blobcheck_null_references",
-            "NULL values seen in a reference column by the last run (not references).",
-        );
-        for (label, _, nulls, _) in &columns {
-            out.sample(
-                "blobcheck_null_references",
-                &[("column", label)],
-                &nulls.to_string(),
-            );
-        }
-        out.family(
-            "blobcheck_negative_references",
-            "Negative values seen in a signed reference column by the last run (not references).",
-        );
-        for (label, _, _, negative) in &columns {
-            out.sample(
-                "blobcheck_negative_references",
-                &[("column", label)],
-                &negative.to_string(),
-            );
-        }
-    }
-    out.text
+    let (registry, last_run) = registry(run.labels);
+    last_run.record(run);
+    encode(&registry)
 }
 
 /// Writes the file atomically (temp file in the same directory, fsync,
@@ -268,6 +138,251 @@ pub fn write(path: &Path, run: RunMetrics<'_>) -> Result<()> {
         path: format!("metrics file {}", path.display()),
         reason: one_line(e),
     })
+}
+
+/// The series of the last run recorded, as a `prometheus-client`
+/// collector. Clones share one state: the registry holds one, the process
+/// that records runs another.
+#[derive(Debug, Clone, Default)]
+pub struct LastRun(Arc<Mutex<Option<Snapshot>>>);
+
+impl LastRun {
+    /// Replaces what the collector reports with `run` (its constant labels
+    /// are the registry's, not taken from `run`).
+    pub fn record(&self, run: &RunMetrics<'_>) {
+        let snapshot = Snapshot::of(run);
+        // A panic elsewhere while the lock was held cannot leave a
+        // half-written snapshot: it is replaced whole.
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
+    }
+}
+
+impl Collector for LastRun {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.as_ref() {
+            Some(snapshot) => snapshot.encode(&mut encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What one run reports, owned, so that the collector can outlive the run.
+#[derive(Debug)]
+struct Snapshot {
+    finished_at: f64,
+    success: bool,
+    last_success: Option<f64>,
+    totals: Option<Totals>,
+}
+
+/// The part of a run's summary the series show.
+#[derive(Debug)]
+struct Totals {
+    seconds: f64,
+    findings: FindingCounts,
+    transient: u64,
+    unsettled: u64,
+    blob_table: String,
+    blob_rows: u64,
+    /// One entry per column label.
+    columns: Vec<ColumnSummary>,
+}
+
+impl Snapshot {
+    fn of(run: &RunMetrics<'_>) -> Snapshot {
+        let last_success = if run.success {
+            Some(run.finished_at)
+        } else {
+            run.last_success
+        };
+        Snapshot {
+            finished_at: seconds_since_epoch(run.finished_at),
+            success: run.success,
+            last_success: last_success.map(seconds_since_epoch),
+            totals: run.summary.map(|summary| Totals {
+                seconds: summary.seconds,
+                findings: summary.findings.clone(),
+                transient: summary.transient,
+                unsettled: summary.unsettled.len() as u64,
+                blob_table: summary.blob_table.clone(),
+                blob_rows: summary.blob_rows,
+                columns: columns_by_label(&summary.columns),
+            }),
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        gauge(
+            encoder,
+            "blobcheck_last_run_timestamp_seconds",
+            "When the last run of blobcheck ended, successful or not (seconds since the Unix epoch).",
+            self.finished_at,
+        )?;
+        gauge(
+            encoder,
+            "blobcheck_last_run_success",
+            "1 if the last run of blobcheck completed the check, 0 if it failed.",
+            u64::from(self.success),
+        )?;
+        if let Some(last_success) = self.last_success {
+            gauge(
+                encoder,
+                LAST_SUCCESS,
+                "When the last successful run of blobcheck ended (seconds since the Unix epoch).",
+                last_success,
+            )?;
+        }
+        let Some(totals) = &self.totals else {
+            return Ok(());
+        };
+        totals.encode(encoder)
+    }
+}
+
+impl Totals {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let f = &self.findings;
+        gauge(
+            encoder,
+            "blobcheck_duration_seconds",
+            "How long the last run with a summary took, in seconds.",
+            self.seconds,
+        )?;
+        gauges(
+            encoder,
+            "blobcheck_findings",
+            "Inconsistencies found by the last run, by kind (and direction for count_mismatch).",
+            [
+                (
+                    &[("kind", "count_mismatch"), ("direction", "too_low")][..],
+                    f.count_mismatch_too_low,
+                ),
+                (
+                    &[("kind", "count_mismatch"), ("direction", "too_high")][..],
+                    f.count_mismatch_too_high,
+                ),
+                (&[("kind", "missing_blob")][..], f.missing_blob),
+                (&[("kind", "orphan_blob")][..], f.orphan_blob),
+            ],
+        )?;
+        gauges(
+            encoder,
+            "blobcheck_findings_by_severity",
+            "Inconsistencies found by the last run, by severity.",
+            [
+                ([("severity", "critical")], f.critical),
+                ([("severity", "error")], f.error),
+                ([("severity", "warning")], f.warning),
+            ],
+        )?;
+        gauge(
+            encoder,
+            "blobcheck_findings_stored_zero",
+            "count_mismatch findings too low with a stored count of 0: referenced blobs the cleanup will delete.",
+            f.count_mismatch_too_low_stored_zero,
+        )?;
+        gauge(
+            encoder,
+            "blobcheck_transient_candidates",
+            "Candidates of the last run that settled to consistent when read again: changes in flight, not findings.",
+            self.transient,
+        )?;
+        gauge(
+            encoder,
+            "blobcheck_unsettled_candidates",
+            "Candidates of the last run that kept changing through every read allowed: neither reported nor cleared.",
+            self.unsettled,
+        )?;
+        gauges(
+            encoder,
+            "blobcheck_blob_rows_scanned",
+            "Rows of the blob table read by the last run.",
+            [([("table", self.blob_table.as_str())], self.blob_rows)],
+        )?;
+        // No columns: the per-column families are left out, not left empty.
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let per_column = |value: fn(&ColumnSummary) -> u64| {
+            self.columns
+                .iter()
+                .map(move |column| ([("column", column.label.as_str())], value(column)))
+        };
+        gauges(
+            encoder,
+            "blobcheck_references_scanned",
+            "References counted by the last run, per reference column.",
+            per_column(|column| column.references),
+        )?;
+        gauges(
+            encoder,
+            "blobcheck_null_references",
+            "NULL values seen in a reference column by the last run (not references).",
+            per_column(|column| column.nulls),
+        )?;
+        gauges(
+            encoder,
+            "blobcheck_negative_references",
+            "Negative values seen in a signed reference column by the last run (not references).",
+            per_column(|column| column.negative),
+        )
+    }
+}
+
+/// One gauge without labels of its own.
+fn gauge<N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// A family of gauges, one per label set, in the order given.
+fn gauges<S: EncodeLabelSet, N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (S, N)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Labels are unique in a valid configuration; should two columns share
+/// one, they are added up rather than written as a duplicate series.
+fn columns_by_label(columns: &[ColumnSummary]) -> Vec<ColumnSummary> {
+    let mut merged: Vec<ColumnSummary> = Vec::with_capacity(columns.len());
+    for column in columns {
+        match merged.iter_mut().find(|seen| seen.label == column.label) {
+            Some(seen) => {
+                seen.references += column.references;
+                seen.nulls += column.nulls;
+                seen.negative += column.negative;
+            }
+            None => merged.push(column.clone()),
+        }
+    }
+    merged
+}
+
+/// Seconds since the Unix epoch, rounded to the millisecond, so that a
+/// value read back from a file and written again does not drift. Written
+/// as the shortest decimal that reads back as the same `f64`, which for a
+/// whole number of milliseconds has at most three decimals.
+fn seconds_since_epoch(time: SystemTime) -> f64 {
+    let (sign, since) = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => (1.0, since),
+        Err(before) => (-1.0, before.duration()),
+    };
+    let millis = (since.as_nanos() + 500_000) / 1_000_000;
+    sign * millis as f64 / 1000.0
 }
 
 /// Reads the previous file's last-success timestamp, if any (tolerant of a
@@ -365,79 +480,6 @@ fn is_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The text being built, with the constant labels for every sample.
-struct Output<'a> {
-    text: String,
-    constant: Vec<&'a (String, String)>,
-}
-
-impl Output<'_> {
-    fn family(&mut self, name: &str, help: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} gauge");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
-        self.text.push_str(name);
-        let all = labels.iter().copied().chain(
-            self.constant
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        );
-        let mut first = true;
-        for (label, value) in all {
-            self.text.push(if first { '{' } else { ',' });
-            first = false;
-            let _ = write!(self.text, "{label}=\"{}\"", escape_label_value(value));
-        }
-        if !first {
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
-    }
-}
-
-/// Escapes a label value: backslash, double quote and line feed.
-fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Escapes HELP text: backslash and line feed.
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// Seconds since the Unix epoch, to the millisecond (rounded, so that a
-/// value read back from a file and written again does not drift).
-fn timestamp(time: SystemTime) -> String {
-    let (sign, since) = match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(since) => ("", since),
-        Err(before) => ("-", before.duration()),
-    };
-    let millis = (since.as_nanos() + 500_000) / 1_000_000;
-    format!("{sign}{}.{:03}", millis / 1000, millis % 1000)
-}
-
-/// A float as the exposition format spells it (`NaN`, `+Inf`, `-Inf`).
-fn float(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        value.to_string()
-    }
-}
-
 /// Skips a label set after its `{`, honouring quoted values and escapes;
 /// returns what follows the closing `}`.
 fn skip_labels(text: &str) -> Option<&str> {
@@ -459,7 +501,6 @@ fn skip_labels(text: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::report::{ColumnSummary, FindingCounts};
-    use std::collections::{HashMap, HashSet};
 
     fn at(seconds: u64, millis: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(seconds * 1000 + millis)
@@ -504,13 +545,13 @@ mod tests {
 
     const SUCCESS: &str = r#"# HELP blobcheck_last_run_timestamp_seconds When the last run of blobcheck ended, successful or not (seconds since the Unix epoch).
 # TYPE blobcheck_last_run_timestamp_seconds gauge
-blobcheck_last_run_timestamp_seconds 1767225600.250
+blobcheck_last_run_timestamp_seconds 1767225600.25
 # HELP blobcheck_last_run_success 1 if the last run of blobcheck completed the check, 0 if it failed.
 # TYPE blobcheck_last_run_success gauge
 blobcheck_last_run_success 1
 # HELP blobcheck_last_success_timestamp_seconds When the last successful run of blobcheck ended (seconds since the Unix epoch).
 # TYPE blobcheck_last_success_timestamp_seconds gauge
-blobcheck_last_success_timestamp_seconds 1767225600.250
+blobcheck_last_success_timestamp_seconds 1767225600.25
 # HELP blobcheck_duration_seconds How long the last run with a summary took, in seconds.
 # TYPE blobcheck_duration_seconds gauge
 blobcheck_duration_seconds 12.5
@@ -562,7 +603,6 @@ blobcheck_negative_references{column="body"} 0
             labels: &[],
         });
         assert_eq!(text, SUCCESS);
-        validate(&text).unwrap();
     }
 
     #[test]
@@ -583,13 +623,12 @@ blobcheck_negative_references{column="body"} 0
             "blobcheck_findings_by_severity{severity=\"critical\"} 0",
             "blobcheck_findings_stored_zero 0",
             "blobcheck_unsettled_candidates 0",
-            "blobcheck_last_success_timestamp_seconds 10.000",
+            "blobcheck_last_success_timestamp_seconds 10.0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         // No columns: the per-column families are left out, not left empty.
         assert!(!text.contains("blobcheck_references_scanned"), "{text}");
-        validate(&text).unwrap();
     }
 
     #[test]
@@ -606,16 +645,16 @@ blobcheck_negative_references{column="body"} 0
             last_success: None,
             labels: &labels,
         });
-        validate(&text).unwrap();
+        // The registry's constant labels come first, in the order given.
         assert!(text.lines().any(|l| l
-            == r#"blobcheck_findings{kind="count_mismatch",direction="too_low",partition="2/8",cluster="eu"} 120"#));
+            == r#"blobcheck_findings{partition="2/8",cluster="eu",kind="count_mismatch",direction="too_low"} 120"#));
         assert!(
             text.lines()
                 .any(|l| l == r#"blobcheck_last_run_success{partition="2/8",cluster="eu"} 1"#)
         );
         let samples = text.lines().filter(|l| !l.starts_with('#'));
         for line in samples {
-            assert!(line.contains(r#"partition="2/8",cluster="eu"}"#), "{line}");
+            assert!(line.contains(r#"{partition="2/8",cluster="eu""#), "{line}");
         }
     }
 
@@ -623,6 +662,7 @@ blobcheck_negative_references{column="body"} 0
     fn label_values_are_escaped() {
         let mut summary = summary();
         summary.blob_table = "db.\"blobs\"".into();
+        summary.columns[0].label = "plain:a.b-c é".into();
         summary.columns[1].label = "back\\slash \"quoted\"\nnew line".into();
         let labels = [("site".to_owned(), "a\\b\"c\nd".to_owned())];
         let text = render(&RunMetrics {
@@ -632,12 +672,13 @@ blobcheck_negative_references{column="body"} 0
             last_success: None,
             labels: &labels,
         });
-        validate(&text).unwrap();
         assert!(text.lines().any(|l| l
-            == r#"blobcheck_blob_rows_scanned{table="db.\"blobs\"",site="a\\b\"c\nd"} 1000000"#));
+            == r#"blobcheck_blob_rows_scanned{site="a\\b\"c\nd",table="db.\"blobs\""} 1000000"#));
         assert!(text.lines().any(|l| l
-            == r#"blobcheck_references_scanned{column="back\\slash \"quoted\"\nnew line",site="a\\b\"c\nd"} 300001"#));
-        assert_eq!(escape_label_value("plain:a.b-c é"), "plain:a.b-c é");
+            == r#"blobcheck_references_scanned{site="a\\b\"c\nd",column="back\\slash \"quoted\"\nnew line"} 300001"#));
+        // Only backslash, double quote and line feed are escaped.
+        assert!(text.lines().any(|l| l
+            == r#"blobcheck_references_scanned{site="a\\b\"c\nd",column="plain:a.b-c é"} 700000"#));
     }
 
     #[test]
@@ -649,14 +690,13 @@ blobcheck_negative_references{column="body"} 0
             last_success: Some(at(100, 0)),
             labels: &[],
         });
-        validate(&text).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
             [
                 "blobcheck_last_run_timestamp_seconds 200.005",
                 "blobcheck_last_run_success 0",
-                "blobcheck_last_success_timestamp_seconds 100.000",
+                "blobcheck_last_success_timestamp_seconds 100.0",
             ]
         );
         // Never succeeded: the series is left out.
@@ -667,7 +707,6 @@ blobcheck_negative_references{column="body"} 0
             last_success: None,
             labels: &[],
         });
-        validate(&text).unwrap();
         assert!(!text.contains(LAST_SUCCESS), "{text}");
     }
 
@@ -704,8 +743,7 @@ blobcheck_negative_references{column="body"} 0
             labels: &labels,
         };
         let text = render(&run);
-        validate(&text).unwrap();
-        assert!(text.contains(r#"{kind="missing_blob",site="a"}"#), "{text}");
+        assert!(text.contains(r#"{site="a",kind="missing_blob"}"#), "{text}");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blobcheck.prom");
@@ -822,7 +860,10 @@ blobcheck_negative_references{column="body"} 0
         assert_eq!(previous_last_success(&path), Some(at(1_767_225_600, 123)));
 
         // Two failures in a row: the success time carries over unchanged.
-        for finished in [at(1_767_312_000, 0), at(1_767_398_400, 999)] {
+        for (finished, written) in [
+            (at(1_767_312_000, 0), "1767312000.0"),
+            (at(1_767_398_400, 999), "1767398400.999"),
+        ] {
             let failure = RunMetrics {
                 summary: None,
                 success: false,
@@ -832,7 +873,6 @@ blobcheck_negative_references{column="body"} 0
             };
             write(&path, failure).unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
-            validate(&text).unwrap();
             assert!(
                 text.contains(
                     "\nblobcheck_last_success_timestamp_seconds{partition=\"2/8\"} 1767225600.123\n"
@@ -841,8 +881,7 @@ blobcheck_negative_references{column="body"} 0
             );
             assert!(
                 text.contains(&format!(
-                    "\nblobcheck_last_run_timestamp_seconds{{partition=\"2/8\"}} {}\n",
-                    timestamp(finished)
+                    "\nblobcheck_last_run_timestamp_seconds{{partition=\"2/8\"}} {written}\n"
                 )),
                 "{text}"
             );
@@ -908,22 +947,42 @@ blobcheck_negative_references{column="body"} 0
 
     #[test]
     fn timestamps_round_to_the_millisecond_and_survive_a_round_trip() {
-        assert_eq!(timestamp(at(0, 0)), "0.000");
+        assert_eq!(seconds_since_epoch(at(0, 0)), 0.0);
         assert_eq!(
-            timestamp(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_999_600_000)),
-            "2.000"
+            seconds_since_epoch(SystemTime::UNIX_EPOCH + Duration::from_nanos(1_999_600_000)),
+            2.0
         );
         assert_eq!(
-            timestamp(SystemTime::UNIX_EPOCH - Duration::from_millis(1500)),
-            "-1.500"
+            seconds_since_epoch(SystemTime::UNIX_EPOCH - Duration::from_millis(1500)),
+            -1.5
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
-        for millis in [1, 123, 999] {
+        for (millis, written) in [
+            (1, "1767225600.001"),
+            (123, "1767225600.123"),
+            (999, "1767225600.999"),
+        ] {
             let time = at(1_767_225_600, millis);
-            std::fs::write(&path, format!("{LAST_SUCCESS} {}\n", timestamp(time))).unwrap();
+            let success = RunMetrics {
+                summary: None,
+                success: true,
+                finished_at: time,
+                last_success: None,
+                labels: &[],
+            };
+            write(&path, success).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains(&format!("\n{LAST_SUCCESS} {written}\n")),
+                "{text}"
+            );
             assert_eq!(previous_last_success(&path), Some(time));
         }
+        // Files written before the exposition came from prometheus-client
+        // gave three decimals; they carry over as well.
+        std::fs::write(&path, format!("{LAST_SUCCESS} 1767225600.250\n")).unwrap();
+        assert_eq!(previous_last_success(&path), Some(at(1_767_225_600, 250)));
         assert_eq!(parse_seconds("1.5e3"), Some(Duration::from_secs(1500)));
         assert_eq!(parse_seconds("7"), Some(Duration::from_secs(7)));
         assert_eq!(
@@ -934,180 +993,68 @@ blobcheck_negative_references{column="body"} 0
         for bad in ["", "-1", "1.2.3", "x", "99999999999999999999", "inf"] {
             assert_eq!(parse_seconds(bad), None, "{bad}");
         }
-        assert_eq!(float(f64::NAN), "NaN");
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(0.25), "0.25");
     }
 
     #[test]
-    fn the_validator_rejects_what_prometheus_would() {
-        validate("# HELP a x\n# TYPE a gauge\na 1\n").unwrap();
-        validate("# HELP a x\n# TYPE a gauge\na{b=\"\\\\\\\"\\n\"} -Inf 17\n").unwrap();
-        for bad in [
-            "a 1\n",                                                                   // no HELP/TYPE
-            "# TYPE a gauge\n# HELP a x\na 1\n", // HELP must come first (our rule)
-            "# HELP a x\n# TYPE a gauge\na{b=\"x\"} one\n", // bad value
-            "# HELP a x\n# TYPE a gauge\na{b=\"x\\q\"} 1\n", // bad escape
-            "# HELP a x\n# TYPE a gauge\na{b=\"x\",b=\"y\"} 1\n", // label twice
-            "# HELP a x\n# TYPE a gauge\na 1\na 2\n", // series twice
-            "# HELP a x\n# TYPE a gauge\na{1b=\"x\"} 1\n", // bad label name
-            "# HELP a x\n# TYPE a gauge\na 1\n# HELP b x\n# TYPE b gauge\nb 1\na 3\n", // family reopened
-            "# HELP 1a x\n# TYPE 1a gauge\n1a 1\n", // bad metric name
-            "# HELP a x\n# TYPE a gauge\na 1",      // no final newline
+    fn durations_are_written_as_the_exposition_format_spells_floats() {
+        for (seconds, written) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (0.25, "0.25"),
         ] {
-            assert!(validate(bad).is_err(), "accepted {bad:?}");
-        }
-    }
-
-    /// A small validator of the text exposition format, as strict as this
-    /// module needs: every sample line is `name{labels} value [timestamp]`
-    /// with valid names and escapes, every family has `# HELP` then
-    /// `# TYPE` before its first sample, families are not split, no series
-    /// appears twice, the text ends with a line feed.
-    fn validate(text: &str) -> std::result::Result<(), String> {
-        if !text.is_empty() && !text.ends_with('\n') {
-            return Err("no final line feed".into());
-        }
-        let mut help: HashSet<String> = HashSet::new();
-        let mut typed: HashMap<String, String> = HashMap::new();
-        let mut closed: HashSet<String> = HashSet::new();
-        let mut current: Option<String> = None;
-        let mut series: HashSet<String> = HashSet::new();
-        for (n, line) in text.lines().enumerate() {
-            let fail = |why: &str| Err(format!("line {}: {why}: {line:?}", n + 1));
-            if let Some(comment) = line.strip_prefix('#') {
-                let mut parts = comment.trim_start().splitn(3, ' ');
-                let keyword = parts.next().unwrap_or_default();
-                let name = parts.next().unwrap_or_default().to_owned();
-                let rest = parts.next().unwrap_or_default();
-                match keyword {
-                    "HELP" | "TYPE" => {
-                        if !is_metric_name(&name) {
-                            return fail("bad metric name");
-                        }
-                        if closed.contains(&name) {
-                            return fail("family reopened");
-                        }
-                        if current.as_ref() != Some(&name) {
-                            if let Some(previous) = current.take() {
-                                closed.insert(previous);
-                            }
-                            current = Some(name.clone());
-                        }
-                        if keyword == "HELP" {
-                            if !help.insert(name.clone()) || typed.contains_key(&name) {
-                                return fail("HELP twice or after TYPE");
-                            }
-                        } else {
-                            if !help.contains(&name) {
-                                return fail("TYPE before HELP");
-                            }
-                            if !matches!(
-                                rest,
-                                "gauge" | "counter" | "histogram" | "summary" | "untyped"
-                            ) {
-                                return fail("bad type");
-                            }
-                            if typed.insert(name, rest.to_owned()).is_some() {
-                                return fail("TYPE twice");
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-            let name = &line[..name_end];
-            if !is_metric_name(name) {
-                return fail("bad metric name");
-            }
-            if current.as_deref() != Some(name) {
-                return fail("sample outside its family");
-            }
-            if !help.contains(name) || !typed.contains_key(name) {
-                return fail("no HELP and TYPE before the sample");
-            }
-            let mut rest = &line[name_end..];
-            let mut labels: Vec<(String, String)> = Vec::new();
-            if let Some(after) = rest.strip_prefix('{') {
-                rest = after;
-                loop {
-                    if let Some(after) = rest.strip_prefix('}') {
-                        rest = after;
-                        break;
-                    }
-                    let eq = rest.find('=').ok_or("label without =")?;
-                    let label = &rest[..eq];
-                    if !is_label_name(label) {
-                        return fail("bad label name");
-                    }
-                    if labels.iter().any(|(l, _)| l == label) {
-                        return fail("label twice");
-                    }
-                    rest = rest[eq + 1..]
-                        .strip_prefix('"')
-                        .ok_or("label value not quoted")?;
-                    let mut value = String::new();
-                    let mut chars = rest.char_indices();
-                    let end = loop {
-                        match chars.next() {
-                            None => return fail("unterminated label value"),
-                            Some((i, '"')) => break i,
-                            Some((_, '\\')) => match chars.next() {
-                                Some((_, '\\')) => value.push('\\'),
-                                Some((_, '"')) => value.push('"'),
-                                Some((_, 'n')) => value.push('\n'),
-                                _ => return fail("bad escape"),
-                            },
-                            Some((_, '\n')) => return fail("raw line feed"),
-                            Some((_, c)) => value.push(c),
-                        }
-                    };
-                    labels.push((label.to_owned(), value));
-                    rest = &rest[end + 1..];
-                    if let Some(after) = rest.strip_prefix(',') {
-                        rest = after;
-                    } else if !rest.starts_with('}') {
-                        return fail("expected , or }");
-                    }
-                }
-            }
-            let Some(rest) = rest.strip_prefix(' ') else {
-                return fail("no space before the value");
+            let summary = Summary {
+                seconds,
+                ..Summary::default()
             };
-            let mut fields = rest.split(' ');
-            let value = fields.next().unwrap_or_default();
-            let valid_value = matches!(value, "NaN" | "+Inf" | "-Inf")
-                || (value.parse::<f64>().is_ok()
-                    && value
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || ".-+eE".contains(c)));
-            if !valid_value {
-                return fail("bad value");
-            }
-            if let Some(timestamp) = fields.next()
-                && timestamp.parse::<i64>().is_err()
-            {
-                return fail("bad timestamp");
-            }
-            if fields.next().is_some() {
-                return fail("trailing fields");
-            }
-            labels.sort();
-            if !series.insert(format!("{name}{labels:?}")) {
-                return fail("series twice");
-            }
+            let text = render(&RunMetrics {
+                summary: Some(&summary),
+                success: true,
+                finished_at: at(1, 0),
+                last_success: None,
+                labels: &[],
+            });
+            let line = format!("blobcheck_duration_seconds {written}");
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
-        Ok(())
     }
 
-    fn is_metric_name(name: &str) -> bool {
-        let mut chars = name.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    /// A long-running process keeps one registry and encodes it on every
+    /// scrape: it reports nothing before the first run, then always the
+    /// last run recorded, through any clone of the collector.
+    #[test]
+    fn a_kept_registry_reports_the_last_run_recorded() {
+        let labels = [("partition".to_owned(), "2/8".to_owned())];
+        let (registry, last_run) = registry(&labels);
+        assert_eq!(encode(&registry), "");
+
+        let summary = summary();
+        let success = RunMetrics {
+            summary: Some(&summary),
+            success: true,
+            finished_at: at(1_767_225_600, 250),
+            last_success: None,
+            labels: &labels,
+        };
+        last_run.clone().record(&success);
+        let first = encode(&registry);
+        assert_eq!(first, render(&success));
+        assert_eq!(encode(&registry), first, "encoding does not change it");
+        assert!(
+            first.contains("\nblobcheck_findings{partition=\"2/8\",kind=\"missing_blob\"} 57\n")
+        );
+
+        let failure = RunMetrics {
+            summary: None,
+            success: false,
+            finished_at: at(1_767_312_000, 0),
+            last_success: Some(at(1_767_225_600, 250)),
+            labels: &labels,
+        };
+        last_run.record(&failure);
+        let second = encode(&registry);
+        assert_eq!(second, render(&failure));
+        assert!(second.contains("\nblobcheck_last_run_success{partition=\"2/8\"} 0\n"));
+        assert!(!second.contains("blobcheck_findings"), "{second}");
     }
 }
