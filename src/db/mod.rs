@@ -13,11 +13,11 @@
 //! - `sql`: the text of every query (`*_sql`, `*_statement`);
 //! - `source`: [`DbSource`] (retries, permits, timeouts, decoding) and
 //!   [`Protocol`];
-//! - `dialect`: what differs between MySQL 5.7/8.x and MariaDB, and the
+//! - [`dialect`]: what differs between MySQL 5.7/8.x and MariaDB, and the
 //!   statements whose answers are parsed (`SHOW GRANTS`).
 
 mod connect;
-mod dialect;
+pub mod dialect;
 mod schema;
 mod source;
 mod sql;
@@ -25,7 +25,6 @@ mod sql;
 pub use connect::{
     DEFAULT_MAX_CONNECTIONS_PER_SERVER, Databases, SESSION_SETUP, address, connect_once,
 };
-pub use dialect::{READ_PRIVILEGES, write_privileges};
 pub use schema::{
     BlobScan, ColumnInfo, INTEGER_TYPES, ReferenceScan, Schema, ServerIdent, inspect,
 };
