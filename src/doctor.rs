@@ -63,11 +63,6 @@ const NOTHING_TO_READ: [&str; 3] = [
 /// the very end, so both forms of the IN list are covered.
 const SAMPLE_IDS: [u64; 3] = [1, 1 << 63, u64::MAX];
 
-/// Server error codes for "access denied" (database, privilege, table,
-/// column, routine).
-const ACCESS_DENIED: [u16; 5] = [1044, 1227, 1142, 1143, 1370];
-const ER_PARSE_ERROR: u16 = 1064;
-
 /// The status of one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mark {
@@ -453,13 +448,6 @@ fn field(row: &Row, names: &[&str]) -> Option<Option<String>> {
     })
 }
 
-fn server_code(e: &mysql_async::Error) -> Option<u16> {
-    match e {
-        mysql_async::Error::Server(s) => Some(s.code),
-        _ => None,
-    }
-}
-
 /// `(major, minor)` of a version string such as `10.11.6-MariaDB-log`.
 fn parse_version(version: &str) -> Option<(u32, u32)> {
     let mut parts = version.split(|c: char| !c.is_ascii_digit());
@@ -812,13 +800,9 @@ impl Doctor<'_> {
     ) -> Result<()> {
         let settings = &self.config.check;
         let mut result = None;
-        for sql in [
-            "SHOW ALL SLAVES STATUS",
-            "SHOW SLAVE STATUS",
-            "SHOW REPLICA STATUS",
-        ] {
+        for sql in dialect::REPLICA_STATUS_SQL {
             match conn.query::<Row, _>(sql).await {
-                Err(e) if server_code(&e) == Some(ER_PARSE_ERROR) => continue,
+                Err(e) if dialect::is_parse_error(&e) => continue,
                 other => {
                     result = Some(other);
                     break;
@@ -828,7 +812,7 @@ impl Doctor<'_> {
         let rows = match result {
             Some(Ok(rows)) => rows,
             Some(Err(e)) => {
-                let denied = server_code(&e).is_some_and(|c| ACCESS_DENIED.contains(&c));
+                let denied = dialect::is_access_denied(&e);
                 let mark = if settings.max_lag.is_some() {
                     Mark::Warn
                 } else {
@@ -866,7 +850,10 @@ impl Doctor<'_> {
             None => {
                 return report.line(
                     Mark::Info,
-                    "the server knows none of SHOW ALL SLAVES STATUS, SHOW SLAVE STATUS, SHOW REPLICA STATUS: replica lag unknown",
+                    format!(
+                        "{}: replica lag unknown",
+                        dialect::no_replica_status_statement()
+                    ),
                 );
             }
         };
@@ -876,25 +863,25 @@ impl Doctor<'_> {
         let mut lag: Option<u64> = Some(0);
         let mut stopped = Vec::new();
         for row in &rows {
-            let channel = field(row, &["Connection_name", "Channel_Name"])
+            let channel = field(row, &dialect::CHANNEL_COLUMNS)
                 .flatten()
                 .filter(|c| !c.is_empty())
                 .map(|c| format!("channel `{}`", one_line(c)))
                 .unwrap_or_else(|| "replication".to_owned());
-            let seconds = field(row, &["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            let seconds = field(row, &dialect::LAG_COLUMNS)
                 .flatten()
                 .and_then(|s| s.parse::<u64>().ok());
             match seconds {
                 Some(s) => lag = lag.map(|l| l.max(s)),
                 None => {
                     lag = None;
-                    let io = field(row, &["Slave_IO_Running", "Replica_IO_Running"])
+                    let io = field(row, &dialect::IO_RUNNING_COLUMNS)
                         .flatten()
                         .unwrap_or_default();
-                    let sql = field(row, &["Slave_SQL_Running", "Replica_SQL_Running"])
+                    let sql = field(row, &dialect::SQL_RUNNING_COLUMNS)
                         .flatten()
                         .unwrap_or_default();
-                    let error = field(row, &["Last_Error", "Last_IO_Error", "Last_SQL_Error"])
+                    let error = field(row, &dialect::LAST_ERROR_COLUMNS)
                         .flatten()
                         .filter(|e| !e.is_empty())
                         .map(|e| format!(", last error: {}", one_line(e)))

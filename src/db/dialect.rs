@@ -1,11 +1,70 @@
 //! What differs between MySQL 5.7, MySQL 8.x and MariaDB, and the statements
-//! whose answers are parsed rather than read as rows of data: `SHOW GRANTS`.
+//! whose answers are parsed rather than read as rows of data: `SHOW GRANTS`
+//! and the replica status.
 //!
 //! Every `SHOW GRANTS` line is read by [`Grant::parse`], by `check` (the
-//! warning about an account that could write) and by `doctor` alike.
+//! warning about an account that could write) and by `doctor` alike. The
+//! replica status is read with [`REPLICA_STATUS_SQL`] and its columns named
+//! by [`LAG_COLUMNS`] and its neighbours, by the throttle and by `doctor`.
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
+
+/// A statement the server does not parse: here, a form of a statement
+/// another version spells differently.
+pub const ER_PARSE_ERROR: u16 = 1064;
+
+/// Access denied: to the database (1044), for lack of a privilege (1227),
+/// to a table or column (1142, 1143), to a routine (1370).
+pub const ACCESS_DENIED: [u16; 5] = [1044, 1227, 1142, 1143, 1370];
+
+/// The server's error code, if the server refused.
+pub fn server_code(e: &mysql_async::Error) -> Option<u16> {
+    match e {
+        mysql_async::Error::Server(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// The server does not know this form of the statement (try the next).
+pub fn is_parse_error(e: &mysql_async::Error) -> bool {
+    server_code(e) == Some(ER_PARSE_ERROR)
+}
+
+/// The account lacks a privilege for what it asked.
+pub fn is_access_denied(e: &mysql_async::Error) -> bool {
+    server_code(e).is_some_and(|c| ACCESS_DENIED.contains(&c))
+}
+
+/// Statements that show replication status, tried in this order: the first
+/// that the server parses is kept. MariaDB's `SHOW ALL SLAVES STATUS` lists
+/// every replication connection (plain `SHOW SLAVE STATUS` only the default
+/// one); MySQL answers `SHOW SLAVE STATUS` with a row per channel, and 8.4
+/// knows only `SHOW REPLICA STATUS`.
+pub const REPLICA_STATUS_SQL: [&str; 3] = [
+    "SHOW ALL SLAVES STATUS",
+    "SHOW SLAVE STATUS",
+    "SHOW REPLICA STATUS",
+];
+
+/// What to say of a server that parses none of [`REPLICA_STATUS_SQL`].
+pub fn no_replica_status_statement() -> String {
+    format!("the server knows none of {}", REPLICA_STATUS_SQL.join(", "))
+}
+
+/// The columns of a replica status row, under the names MariaDB and MySQL
+/// before 8.0.22 give them first, then MySQL's later names: the first the
+/// row has is the one. The replica lag in seconds, NULL while replication
+/// does not run.
+pub const LAG_COLUMNS: [&str; 2] = ["Seconds_Behind_Master", "Seconds_Behind_Source"];
+/// The replication connection (MariaDB) or channel (MySQL).
+pub const CHANNEL_COLUMNS: [&str; 2] = ["Connection_name", "Channel_Name"];
+/// Whether the IO thread runs.
+pub const IO_RUNNING_COLUMNS: [&str; 2] = ["Slave_IO_Running", "Replica_IO_Running"];
+/// Whether the SQL thread runs.
+pub const SQL_RUNNING_COLUMNS: [&str; 2] = ["Slave_SQL_Running", "Replica_SQL_Running"];
+/// The last replication error, whichever thread it stopped.
+pub const LAST_ERROR_COLUMNS: [&str; 3] = ["Last_Error", "Last_IO_Error", "Last_SQL_Error"];
 
 /// Privileges that only read (or only show status): anything else on any
 /// object means the account could write.
@@ -254,6 +313,14 @@ mod tests {
             ["SELECT", "PROCESS", "REPLICATION CLIENT"]
         );
         assert_eq!(static_ones.beyond_reading().collect::<Vec<_>>(), ["RELOAD"]);
+    }
+
+    #[test]
+    fn a_server_without_replica_status_is_told_every_form_tried() {
+        assert_eq!(
+            no_replica_status_statement(),
+            "the server knows none of SHOW ALL SLAVES STATUS, SHOW SLAVE STATUS, SHOW REPLICA STATUS"
+        );
     }
 
     #[test]
