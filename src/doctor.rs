@@ -42,8 +42,8 @@ use mysql_async::{Conn, OptsBuilder, Pool, Row, Value};
 
 use crate::config::{Config, Ident, Server, TableName, Tls};
 use crate::db::{
-    self, BlobScan, ColumnInfo, Databases, INTEGER_TYPES, READ_PRIVILEGES, ReferenceScan, Schema,
-    ServerIdent, address,
+    self, BlobScan, ColumnInfo, Databases, INTEGER_TYPES, ReferenceScan, Schema, ServerIdent,
+    address, dialect,
 };
 use crate::discovery;
 use crate::error::{Error, Result, one_line};
@@ -62,11 +62,6 @@ const NOTHING_TO_READ: [&str; 3] = [
 /// Ids the point-read queries are explained with: below 2⁶³, at it and at
 /// the very end, so both forms of the IN list are covered.
 const SAMPLE_IDS: [u64; 3] = [1, 1 << 63, u64::MAX];
-
-/// Server error codes for "access denied" (database, privilege, table,
-/// column, routine).
-const ACCESS_DENIED: [u16; 5] = [1044, 1227, 1142, 1143, 1370];
-const ER_PARSE_ERROR: u16 = 1064;
 
 /// The status of one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -453,80 +448,12 @@ fn field(row: &Row, names: &[&str]) -> Option<Option<String>> {
     })
 }
 
-fn server_code(e: &mysql_async::Error) -> Option<u16> {
-    match e {
-        mysql_async::Error::Server(s) => Some(s.code),
-        _ => None,
-    }
-}
-
 /// `(major, minor)` of a version string such as `10.11.6-MariaDB-log`.
 fn parse_version(version: &str) -> Option<(u32, u32)> {
     let mut parts = version.split(|c: char| !c.is_ascii_digit());
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
-}
-
-/// One line of SHOW GRANTS: its privileges (upper case, column lists
-/// dropped), the object, and whether it carries GRANT OPTION. `None` for
-/// lines that grant a role rather than privileges.
-pub(crate) fn parse_grant(line: &str) -> Option<(Vec<String>, String, bool)> {
-    let rest = line.trim().strip_prefix("GRANT ")?;
-    // Positions of ` ON ` and ` TO ` outside quotes and parentheses.
-    let mut quote: Option<char> = None;
-    let mut depth = 0usize;
-    let mut on = None;
-    let mut to = None;
-    let bytes = rest.as_bytes();
-    for (i, c) in rest.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '`' | '\'' | '"') => quote = Some(c),
-            (None, '(') => depth += 1,
-            (None, ')') => depth = depth.saturating_sub(1),
-            (None, ' ') if depth == 0 => {
-                let word = |w: &str| {
-                    bytes
-                        .get(i..i + w.len())
-                        .is_some_and(|b| b.eq_ignore_ascii_case(w.as_bytes()))
-                };
-                if on.is_none() && to.is_none() && word(" ON ") {
-                    on = Some(i);
-                } else if to.is_none() && word(" TO ") {
-                    to = Some(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    let on = on?;
-    let to = to.filter(|&t| t > on)?;
-    let mut privileges = Vec::new();
-    let mut current = String::new();
-    let mut depth = 0usize;
-    for c in rest[..on].chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => privileges.push(std::mem::take(&mut current)),
-            _ if depth == 0 => current.push(c),
-            _ => {}
-        }
-    }
-    privileges.push(current);
-    let privileges = privileges
-        .into_iter()
-        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
-        .map(|p| p.to_ascii_uppercase())
-        .filter(|p| !p.is_empty())
-        .collect();
-    let object = rest[on + 4..to].trim().to_owned();
-    let grant_option = rest[to..]
-        .to_ascii_uppercase()
-        .contains("WITH GRANT OPTION");
-    Some((privileges, object, grant_option))
 }
 
 /// `'user'@'host'` for a GRANT statement.
@@ -806,8 +733,8 @@ impl Doctor<'_> {
             Some((user, host)) => format!("account {user}@{host}"),
             None => "account".to_owned(),
         };
-        let lines: Vec<String> = match conn.query("SHOW GRANTS").await {
-            Ok(lines) => lines,
+        let grants = match dialect::grants(conn).await {
+            Ok(grants) => grants,
             Err(e) => {
                 return report.line(
                     Mark::Warn,
@@ -815,26 +742,13 @@ impl Doctor<'_> {
                 );
             }
         };
+        // Never print a line itself: it may carry a password hash.
         let mut reads = Vec::new();
         let mut writes = Vec::new();
-        for line in &lines {
-            // Never print the line itself: it may carry a password hash.
-            let Some((privileges, object, grant_option)) = parse_grant(line) else {
-                continue;
-            };
-            let object = one_line(&object);
-            for privilege in privileges {
-                if READ_PRIVILEGES.contains(&privilege.as_str()) {
-                    if privilege != "USAGE" {
-                        reads.push(format!("{privilege} ON {object}"));
-                    }
-                } else {
-                    writes.push(format!("{privilege} ON {object}"));
-                }
-            }
-            if grant_option {
-                writes.push(format!("GRANT OPTION ON {object}"));
-            }
+        for grant in &grants {
+            let object = one_line(&grant.object);
+            reads.extend(grant.reads().map(|p| format!("{p} ON {object}")));
+            writes.extend(grant.beyond_reading().map(|p| format!("{p} ON {object}")));
         }
         if writes.is_empty() {
             let what = if reads.is_empty() {
@@ -886,13 +800,9 @@ impl Doctor<'_> {
     ) -> Result<()> {
         let settings = &self.config.check;
         let mut result = None;
-        for sql in [
-            "SHOW ALL SLAVES STATUS",
-            "SHOW SLAVE STATUS",
-            "SHOW REPLICA STATUS",
-        ] {
+        for sql in dialect::REPLICA_STATUS_SQL {
             match conn.query::<Row, _>(sql).await {
-                Err(e) if server_code(&e) == Some(ER_PARSE_ERROR) => continue,
+                Err(e) if dialect::is_parse_error(&e) => continue,
                 other => {
                     result = Some(other);
                     break;
@@ -902,7 +812,7 @@ impl Doctor<'_> {
         let rows = match result {
             Some(Ok(rows)) => rows,
             Some(Err(e)) => {
-                let denied = server_code(&e).is_some_and(|c| ACCESS_DENIED.contains(&c));
+                let denied = dialect::is_access_denied(&e);
                 let mark = if settings.max_lag.is_some() {
                     Mark::Warn
                 } else {
@@ -940,7 +850,10 @@ impl Doctor<'_> {
             None => {
                 return report.line(
                     Mark::Info,
-                    "the server knows none of SHOW ALL SLAVES STATUS, SHOW SLAVE STATUS, SHOW REPLICA STATUS: replica lag unknown",
+                    format!(
+                        "{}: replica lag unknown",
+                        dialect::no_replica_status_statement()
+                    ),
                 );
             }
         };
@@ -950,25 +863,25 @@ impl Doctor<'_> {
         let mut lag: Option<u64> = Some(0);
         let mut stopped = Vec::new();
         for row in &rows {
-            let channel = field(row, &["Connection_name", "Channel_Name"])
+            let channel = field(row, &dialect::CHANNEL_COLUMNS)
                 .flatten()
                 .filter(|c| !c.is_empty())
                 .map(|c| format!("channel `{}`", one_line(c)))
                 .unwrap_or_else(|| "replication".to_owned());
-            let seconds = field(row, &["Seconds_Behind_Master", "Seconds_Behind_Source"])
+            let seconds = field(row, &dialect::LAG_COLUMNS)
                 .flatten()
                 .and_then(|s| s.parse::<u64>().ok());
             match seconds {
                 Some(s) => lag = lag.map(|l| l.max(s)),
                 None => {
                     lag = None;
-                    let io = field(row, &["Slave_IO_Running", "Replica_IO_Running"])
+                    let io = field(row, &dialect::IO_RUNNING_COLUMNS)
                         .flatten()
                         .unwrap_or_default();
-                    let sql = field(row, &["Slave_SQL_Running", "Replica_SQL_Running"])
+                    let sql = field(row, &dialect::SQL_RUNNING_COLUMNS)
                         .flatten()
                         .unwrap_or_default();
-                    let error = field(row, &["Last_Error", "Last_IO_Error", "Last_SQL_Error"])
+                    let error = field(row, &dialect::LAST_ERROR_COLUMNS)
                         .flatten()
                         .filter(|e| !e.is_empty())
                         .map(|e| format!(", last error: {}", one_line(e)))
@@ -1680,37 +1593,6 @@ fn judge(plans: &[PlanRow], expect: &Expect) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grants_are_parsed() {
-        let (p, o, g) = parse_grant(
-            "GRANT USAGE ON *.* TO `blobcheck`@`%` IDENTIFIED BY PASSWORD '*0123456789ABCDEF'",
-        )
-        .unwrap();
-        assert_eq!(p, vec!["USAGE"]);
-        assert_eq!(o, "*.*");
-        assert!(!g);
-        let (p, o, g) =
-            parse_grant("GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION")
-                .unwrap();
-        assert_eq!(p, vec!["ALL PRIVILEGES"]);
-        assert_eq!(o, "*.*");
-        assert!(g);
-        let (p, o, _) = parse_grant(
-            "GRANT SELECT (`a`, `b ON x`), INSERT (`c`), SHOW VIEW ON `db`.`t` TO 'u'@'%'",
-        )
-        .unwrap();
-        assert_eq!(p, vec!["SELECT", "INSERT", "SHOW VIEW"]);
-        assert_eq!(o, "`db`.`t`");
-        let (p, o, g) =
-            parse_grant("GRANT PROXY ON ''@'%' TO 'root'@'localhost' WITH GRANT OPTION").unwrap();
-        assert_eq!(p, vec!["PROXY"]);
-        assert_eq!(o, "''@'%'");
-        assert!(g);
-        assert!(parse_grant("GRANT `reader` TO `u`@`%`").is_none());
-        let (_, o, _) = parse_grant("GRANT SELECT ON `we ird TO x`.* TO `u`@`%`").unwrap();
-        assert_eq!(o, "`we ird TO x`.*");
-    }
 
     #[test]
     fn versions_are_parsed() {

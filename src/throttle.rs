@@ -28,6 +28,8 @@ use mysql_async::{Conn, Pool, Row};
 use tokio::sync::watch;
 use tracing::instrument::WithSubscriber;
 
+use crate::db::dialect;
+
 /// When the scan may read.
 #[derive(Debug, Clone)]
 pub struct ThrottleOptions {
@@ -268,30 +270,7 @@ fn burst(rate: f64) -> f64 {
 // ---------------------------------------------------------------------------
 // The servers' status.
 
-/// Statements that show replication status, tried in this order: the first
-/// that the server parses is kept. MariaDB's `SHOW ALL SLAVES STATUS` lists
-/// every replication connection (plain `SHOW SLAVE STATUS` only the default
-/// one); MySQL answers `SHOW SLAVE STATUS` with a row per channel, and 8.4
-/// knows only `SHOW REPLICA STATUS`.
-const LAG_STATEMENTS: [&str; 3] = [
-    "SHOW ALL SLAVES STATUS",
-    "SHOW SLAVE STATUS",
-    "SHOW REPLICA STATUS",
-];
-const LAG_COLUMNS: [&str; 2] = ["Seconds_Behind_Master", "Seconds_Behind_Source"];
 const THREADS_RUNNING_SQL: &str = "SHOW GLOBAL STATUS LIKE 'Threads_running'";
-
-const ER_PARSE_ERROR: u16 = 1064;
-/// Access denied: to the database (1044), for lack of a privilege (1227),
-/// to a table or column (1142, 1143), to a routine (1370).
-const ACCESS_DENIED: [u16; 5] = [1044, 1227, 1142, 1143, 1370];
-
-fn server_code(e: &mysql_async::Error) -> Option<u16> {
-    match e {
-        mysql_async::Error::Server(s) => Some(s.code),
-        _ => None,
-    }
-}
 
 fn one_line(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -324,7 +303,7 @@ enum ReadError {
 fn lag_of_rows(rows: &[Row]) -> Result<Lag, String> {
     let mut lag = Lag::NotReplica;
     for row in rows {
-        let value = LAG_COLUMNS
+        let value = dialect::LAG_COLUMNS
             .iter()
             .find_map(|&column| row.get_opt::<Option<u64>, &str>(column));
         let seconds = match value {
@@ -376,7 +355,7 @@ struct Over {
 struct Watched {
     name: String,
     pool: Pool,
-    /// Index into `LAG_STATEMENTS`; `None` when lag is not checked here.
+    /// Index into `dialect::REPLICA_STATUS_SQL`; `None` when lag is not checked here.
     lag_statement: Option<usize>,
     check_threads: bool,
     lag_over: Option<Over>,
@@ -433,15 +412,13 @@ impl Watched {
     /// The replica lag, or `None` when lag is not (or no longer) checked.
     async fn read_lag(&mut self, conn: &mut Conn) -> Result<Option<Lag>, ReadError> {
         while let Some(i) = self.lag_statement {
-            let Some(&sql) = LAG_STATEMENTS.get(i) else {
+            let Some(&sql) = dialect::REPLICA_STATUS_SQL.get(i) else {
                 self.lag_statement = None;
-                return Err(ReadError::Shape(
-                    "the server knows none of SHOW ALL SLAVES STATUS, SHOW SLAVE STATUS, SHOW REPLICA STATUS".to_owned(),
-                ));
+                return Err(ReadError::Shape(dialect::no_replica_status_statement()));
             };
             match conn.query::<Row, _>(sql).await {
                 Ok(rows) => return lag_of_rows(&rows).map(Some).map_err(ReadError::Shape),
-                Err(e) if server_code(&e) == Some(ER_PARSE_ERROR) => {
+                Err(e) if dialect::is_parse_error(&e) => {
                     tracing::debug!(
                         "throttling: server `{}` does not know {sql}; trying the next form",
                         self.name
@@ -455,7 +432,7 @@ impl Watched {
     }
 
     fn lag_failed(&mut self, e: ReadError) {
-        let denied = matches!(&e, ReadError::Query(q) if server_code(q).is_some_and(|c| ACCESS_DENIED.contains(&c)));
+        let denied = matches!(&e, ReadError::Query(q) if dialect::is_access_denied(q));
         match e {
             ReadError::Query(q) if !denied => {
                 tracing::debug!(
@@ -481,7 +458,7 @@ impl Watched {
 
     fn threads_failed(&mut self, e: ReadError) {
         match e {
-            ReadError::Query(q) if !server_code(&q).is_some_and(|c| ACCESS_DENIED.contains(&c)) => {
+            ReadError::Query(q) if !dialect::is_access_denied(&q) => {
                 tracing::debug!(
                     "throttling: cannot read Threads_running on server `{}`: {}",
                     self.name,
