@@ -22,11 +22,12 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::confirm::{Candidate, ConfirmOptions, WaveOutcome, confirm_wave};
-use crate::db::{Databases, DbSource, Protocol, inspect};
+use crate::db::{DbSource, Protocol};
 use crate::error::{Error, Result};
 use crate::finding::{Direction, Finding, Kind};
 use crate::plan::{IdRange, Partition};
 use crate::progress::{Progress, ProgressMode};
+use crate::read::{PointReads, RunReads, ScanReads};
 use crate::report::{ColumnSummary, Reporter, SketchCounts, Start, Summary};
 use crate::scan::{Checked, ChunkOutcome, ScanOptions, scan};
 use crate::throttle::{Throttle, ThrottleOptions};
@@ -242,43 +243,31 @@ pub async fn run(
     let started = Instant::now();
     let config = &crate::discovery::expand(config).await?;
     reporter.set_labels(config.references.iter().map(|r| r.label.clone()).collect());
-    let columns_per_server = |server: usize| {
-        config
-            .references
-            .iter()
-            .filter(|r| r.server == server)
-            .count()
-            + usize::from(config.blobs.server == server)
-    };
-    let widest = (0..config.servers.len())
-        .map(columns_per_server)
-        .max()
-        .unwrap_or(1);
     // Each chunk in flight reads every column of a server at once, the
     // planner reads one batch ahead, and each confirmation wave reads every
-    // column of a server at once too.
-    // Capped by `max_connections_per_server`: the rest wait for a turn.
-    let pool_size = ((options.scan.jobs + MAX_WAVES.min(4)) * widest + 2)
-        .min(options.max_connections_per_server.max(1));
-    let databases = Databases::connect(config, pool_size).await?;
-    let schema = inspect(config, &databases).await?;
+    // column of a server at once too. Capped by
+    // `max_connections_per_server`: the rest wait for a turn.
+    let mut source = DbSource::open(
+        config,
+        options.scan.jobs + MAX_WAVES.min(4),
+        options.max_connections_per_server,
+    )
+    .await?;
     // Only once the check is sure to run: a failing run says one thing.
-    databases.warn_if_writable().await;
+    source.databases.warn_if_writable().await;
     let throttle = Throttle::start(
         options.throttle.clone(),
         config
             .servers
             .iter()
-            .zip(&databases.pools)
+            .zip(&source.databases.pools)
             .map(|(s, p)| (s.name.clone(), p.clone()))
             .collect(),
     );
-    let source = Arc::new(DbSource {
-        retry_for: options.retry_for,
-        throttle: Arc::clone(&throttle),
-        protocol: options.protocol,
-        ..DbSource::new(databases, schema)
-    });
+    source.retry_for = options.retry_for;
+    source.throttle = Arc::clone(&throttle);
+    source.protocol = options.protocol;
+    let source = Arc::new(source);
 
     let result = run_with_source(config, options, &mut reporter, &source, started).await;
     let throttle_stats = throttle.stats();
@@ -300,11 +289,17 @@ fn output_error(e: &std::io::Error) -> Error {
     }
 }
 
-async fn run_with_source(
+/// Every read of a whole check: the scan's, the confirmation's and the
+/// run's own.
+pub trait CheckReads: ScanReads + PointReads + RunReads {}
+
+impl<S: ScanReads + PointReads + RunReads> CheckReads for S {}
+
+async fn run_with_source<S: CheckReads>(
     config: &Config,
     options: &CheckOptions,
     reporter: &mut Reporter,
-    source: &Arc<DbSource>,
+    source: &Arc<S>,
     started: Instant,
 ) -> Result<Summary> {
     let span = source.blob_id_span().await?;
@@ -392,7 +387,7 @@ async fn run_with_source(
     }
     summary.start = start;
     for finding in &state.findings {
-        report_finding(reporter, source, finding, options.affected_rows).await?;
+        report_finding(reporter, &**source, finding, options.affected_rows).await?;
     }
 
     let mut run = Run {
@@ -434,9 +429,9 @@ async fn run_with_source(
 }
 
 /// The state of a run in progress, apart from what the checkpoint holds.
-struct Run<'a> {
+struct Run<'a, S> {
     options: &'a CheckOptions,
-    source: &'a Arc<DbSource>,
+    source: &'a Arc<S>,
     reporter: &'a mut Reporter,
     waves: VecDeque<Wave>,
     open: OpenWave,
@@ -447,7 +442,7 @@ struct Run<'a> {
     interrupted: Option<String>,
 }
 
-impl Run<'_> {
+impl<S: CheckReads> Run<'_, S> {
     fn add_candidates(&mut self, findings: Vec<Finding>, read_at: Instant) {
         if findings.is_empty() {
             return;
@@ -488,7 +483,7 @@ impl Run<'_> {
         for finding in findings {
             report_finding(
                 self.reporter,
-                self.source,
+                &**self.source,
                 finding,
                 self.options.affected_rows,
             )
@@ -670,9 +665,9 @@ impl Run<'_> {
 
 /// Writes one finding, with the rows it affects where people need them:
 /// the messages a missing blob or a count too low puts at risk.
-async fn report_finding(
+async fn report_finding<S: RunReads>(
     reporter: &mut Reporter,
-    source: &DbSource,
+    source: &S,
     finding: &Finding,
     affected_rows: u64,
 ) -> Result<()> {
@@ -692,5 +687,165 @@ async fn sleep_until(when: Option<Instant>) {
     match when {
         Some(when) => tokio::time::sleep_until(when.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Whole checks (waves, checkpoints, the summary) on the in-memory
+    //! model, against brute force.
+
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::read::memory::MemorySource;
+    use crate::report::Format;
+
+    /// What the reporter wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A configuration of `columns` reference columns; nothing connects to
+    /// its server.
+    fn config(columns: usize) -> Config {
+        let mut text = String::from(
+            "[servers.global]\nurl = \"mysql://u@127.0.0.1:1\"\n\n\
+             [blobs]\nserver = \"global\"\ntable = \"d.Blobs\"\nid = \"ID\"\ncount = \"N\"\n",
+        );
+        for c in 0..columns {
+            text.push_str(&format!(
+                "\n[[references]]\nserver = \"global\"\ntable = \"d.R{c}\"\ncolumn = \"B\"\n"
+            ));
+        }
+        Config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    /// `(blob id, stored, actual)` of every finding line a JSON reporter
+    /// wrote.
+    fn reported(written: &Written) -> Vec<(u64, Option<u64>, u64)> {
+        let bytes = written.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (
+                    v["blob_id"].as_u64().unwrap(),
+                    v["stored"].as_u64(),
+                    v["actual"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs a whole check of the model with `options`; returns the summary
+    /// and what was reported.
+    fn check(
+        source: MemorySource,
+        options: &CheckOptions,
+    ) -> (Summary, Vec<(u64, Option<u64>, u64)>) {
+        let config = config(source.columns.len());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let written = Written::default();
+        let mut reporter = Reporter::new(
+            Format::Json,
+            Box::new(written.clone()),
+            config.references.iter().map(|r| r.label.clone()).collect(),
+        );
+        let source = Arc::new(source);
+        let summary = runtime
+            .block_on(run_with_source(
+                &config,
+                options,
+                &mut reporter,
+                &source,
+                Instant::now(),
+            ))
+            .unwrap();
+        (summary, reported(&written))
+    }
+
+    fn model() -> impl Strategy<Value = (BTreeMap<u64, u64>, Vec<BTreeMap<u64, u64>>)> {
+        let id = prop_oneof![
+            3 => 0u64..300,
+            1 => u64::MAX - 3..=u64::MAX,
+            1 => (1u64 << 63) - 2..(1u64 << 63) + 2,
+        ];
+        (
+            proptest::collection::btree_map(id.clone(), 0u64..4, 0..80),
+            proptest::collection::vec(proptest::collection::btree_map(id, 1u64..4, 0..80), 1..4),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A whole check, confirmed in waves and checkpointed, reports
+        /// exactly the inconsistencies brute force finds, each once, and
+        /// counts every row; a second run resuming its finished checkpoint
+        /// checks anew and reports them again.
+        #[test]
+        fn a_whole_check_reports_exactly_what_brute_force_finds(
+            (blobs, columns) in model(),
+            chunk_size in 1u64..40,
+            jobs in 1usize..4,
+            sketch in any::<bool>(),
+        ) {
+            let expected: Vec<(u64, Option<u64>, u64)> =
+                crate::merge::tests::brute_force(&blobs, &columns)
+                    .iter()
+                    .map(|f| (f.blob_id, f.stored, f.actual))
+                    .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let mut scan = ScanOptions::fixed(chunk_size, jobs);
+            if sketch {
+                scan.method = crate::scan::Method::Sketch { target_rows: 4 * chunk_size };
+            }
+            let mut options = CheckOptions::new(scan);
+            options.confirm = ConfirmOptions {
+                settle_delay: Duration::from_secs(1),
+                confirmations: 2,
+                batch_size: 7,
+                hot_threshold: 3,
+            };
+            options.checkpoint = Some(CheckpointOptions {
+                path: dir.path().join("checkpoint.json"),
+                resume: true,
+                interval: Duration::from_secs(2),
+            });
+            for run in 0..2 {
+                let (summary, mut found) =
+                    check(MemorySource::new(blobs.clone(), columns.clone()), &options);
+                found.sort_unstable();
+                prop_assert_eq!(&found, &expected, "run {}", run);
+                prop_assert_eq!(summary.blob_rows, blobs.len() as u64);
+                let references: Vec<u64> = summary.columns.iter().map(|c| c.references).collect();
+                let expected_references: Vec<u64> =
+                    columns.iter().map(|c| c.values().sum()).collect();
+                prop_assert_eq!(references, expected_references);
+                prop_assert!(summary.unsettled.is_empty());
+                prop_assert_eq!(summary.transient, 0);
+                let expected_start = if run == 0 { Start::NewWithoutCheckpoint } else { Start::NewAfterFinished };
+                prop_assert_eq!(summary.start, Some(expected_start));
+            }
+        }
     }
 }

@@ -23,11 +23,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
-
 use crate::error::Result;
-use crate::finding::{Finding, classify, difference};
-use crate::scan::Source;
+use crate::finding::{Finding, difference};
+use crate::read::{PointRead, PointReads, read_points};
 
 /// How candidates are confirmed.
 #[derive(Debug, Clone, Copy)]
@@ -366,70 +364,6 @@ fn difference_of(reading: &Reading) -> Option<i128> {
     reading.map(|seen| seen.difference())
 }
 
-/// What one point read saw of one id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PointRead {
-    /// The finding the read amounts to (its kind is only meaningful when
-    /// the difference is not zero).
-    pub finding: Finding,
-    /// The stored count held still during the read.
-    pub stable: bool,
-    /// Which rows referenced the id, over every column
-    /// (`Source::reference_points`).
-    pub fingerprint: u64,
-}
-
-/// One point read of `ids` (sorted, distinct): stored counts, reference
-/// counts of every column, stored counts again.
-pub async fn read_points<S: Source>(source: &S, ids: &[u64]) -> Result<Vec<PointRead>> {
-    let before = source.stored_counts(ids).await?;
-    let columns =
-        try_join_all((0..source.column_count()).map(|c| source.reference_points(c, ids))).await?;
-    let after = source.stored_counts(ids).await?;
-
-    let lookup = |rows: &[(u64, u64)], id: u64| -> Option<u64> {
-        rows.binary_search_by_key(&id, |&(k, _)| k)
-            .ok()
-            .map(|i| rows[i].1)
-    };
-    let point = |rows: &[(u64, u64, u64)], id: u64| -> Option<(u64, u64)> {
-        rows.binary_search_by_key(&id, |&(k, _, _)| k)
-            .ok()
-            .map(|i| (rows[i].1, rows[i].2))
-    };
-    Ok(ids
-        .iter()
-        .map(|&id| {
-            let stored = lookup(&after, id);
-            let mut fingerprint = 0u64;
-            let mut references = Vec::new();
-            for (c, rows) in columns.iter().enumerate() {
-                let Some((n, rows_fingerprint)) = point(rows, id) else {
-                    continue;
-                };
-                // Each column's rows are other rows: mix the column in.
-                fingerprint ^= rows_fingerprint.rotate_left(7 * c as u32 + 1);
-                if n > 0 {
-                    references.push((c, n));
-                }
-            }
-            let actual = references.iter().map(|&(_, n)| n).sum();
-            let kind = classify(stored, actual).unwrap_or(crate::finding::Kind::CountMismatch);
-            PointRead {
-                finding: Finding {
-                    kind,
-                    blob_id: id,
-                    stored,
-                    actual,
-                    references,
-                },
-                stable: lookup(&before, id) == stored,
-                fingerprint,
-            }
-        })
-        .collect())
-}
-
 /// What a wave of candidates came to.
 #[derive(Debug, Default)]
 pub struct WaveOutcome {
@@ -445,7 +379,7 @@ pub struct WaveOutcome {
 
 /// Confirms a wave of candidates (sorted by id), first reading them at
 /// `first_read` and then once per settle delay, until each has a verdict.
-pub async fn confirm_wave<S: Source>(
+pub async fn confirm_wave<S: PointReads>(
     source: Arc<S>,
     mut candidates: Vec<Candidate>,
     options: ConfirmOptions,
@@ -510,8 +444,8 @@ pub async fn confirm_wave<S: Source>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finding::Kind;
-    use crate::scan::tests::MemorySource;
+    use crate::finding::{Kind, classify};
+    use crate::read::memory::{MemorySource, points};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicU64;
@@ -987,45 +921,29 @@ mod tests {
         change: Change,
     }
 
-    impl Source for Changing {
-        async fn blob_batch(&self, _: crate::plan::IdRange, _: u64) -> Result<Vec<(u64, u64)>> {
-            unreachable!()
+    impl crate::read::ReferenceColumns for Changing {
+        fn column_count(&self) -> usize {
+            self.inner.lock().unwrap().columns.len()
         }
-        async fn reference_batch(
-            &self,
-            _: usize,
-            _: crate::plan::IdRange,
-            _: u64,
-        ) -> Result<Vec<(u64, u64)>> {
-            unreachable!()
-        }
-        async fn blob_sketch(
-            &self,
-            _: crate::plan::IdRange,
-        ) -> Result<Option<crate::sketch::Moments>> {
-            unreachable!()
-        }
-        async fn reference_sketch(
-            &self,
-            _: usize,
-            _: crate::plan::IdRange,
-        ) -> Result<Option<crate::sketch::Moments>> {
-            unreachable!()
-        }
+    }
+
+    impl PointReads for Changing {
         async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
             let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut inner = self.inner.lock().unwrap();
             (self.change)(n, &mut inner);
-            Ok(crate::scan::tests::points(&inner.blobs, ids))
+            Ok(points(&inner.blobs, ids))
         }
-        async fn reference_counts(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
-            Ok(crate::scan::tests::points(
-                &self.inner.lock().unwrap().columns[column],
-                ids,
-            ))
-        }
-        fn column_count(&self) -> usize {
-            self.inner.lock().unwrap().columns.len()
+        async fn reference_points(
+            &self,
+            column: usize,
+            ids: &[u64],
+        ) -> Result<Vec<(u64, u64, u64)>> {
+            let inner = self.inner.lock().unwrap();
+            Ok(points(&inner.columns[column], ids)
+                .into_iter()
+                .map(|(id, n)| (id, n, 0))
+                .collect())
         }
     }
 
@@ -1050,13 +968,10 @@ mod tests {
         // whose count bump was still in flight; it landed right after.
         // Blob 3: missing, for good.
         let source = Changing {
-            inner: Mutex::new(MemorySource {
-                blobs: BTreeMap::from([(1, 3), (2, 1)]),
-                columns: vec![BTreeMap::from([(1, 2), (2, 2), (3, 1)])],
-                largest_batch: AtomicU64::new(0),
-                blob_batches: AtomicU64::new(0),
-                blob_sketches: Mutex::default(),
-            }),
+            inner: Mutex::new(MemorySource::new(
+                BTreeMap::from([(1, 3), (2, 1)]),
+                vec![BTreeMap::from([(1, 2), (2, 2), (3, 1)])],
+            )),
             reads: AtomicU64::new(0),
             change: Box::new(|n, data| {
                 if n == 0 {
@@ -1105,13 +1020,10 @@ mod tests {
             .unwrap();
         // The stored count flips on every read: before and after never agree.
         let source = Changing {
-            inner: Mutex::new(MemorySource {
-                blobs: BTreeMap::from([(7, 5)]),
-                columns: vec![BTreeMap::from([(7, 1)])],
-                largest_batch: AtomicU64::new(0),
-                blob_batches: AtomicU64::new(0),
-                blob_sketches: Mutex::default(),
-            }),
+            inner: Mutex::new(MemorySource::new(
+                BTreeMap::from([(7, 5)]),
+                vec![BTreeMap::from([(7, 1)])],
+            )),
             reads: AtomicU64::new(0),
             change: Box::new(|n, data| {
                 data.blobs.insert(7, if n % 2 == 0 { 5 } else { 6 });

@@ -112,6 +112,25 @@ pub fn classify(stored: Option<u64>, actual: u64) -> Option<Kind> {
     }
 }
 
+/// A row that references a blob, named by its table and primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AffectedRow {
+    /// Index of the reference column.
+    pub column: usize,
+    /// `database.table`.
+    pub table: String,
+    /// Primary-key column and value, in key order.
+    pub key: Vec<(String, String)>,
+}
+
+impl AffectedRow {
+    /// `ProtonMailShard.MessageData MessageID=123`.
+    pub fn display(&self) -> String {
+        let key: Vec<String> = self.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{} {}", self.table, key.join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

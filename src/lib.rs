@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod paths;
 pub mod plan;
 pub mod progress;
+pub mod read;
 pub mod repair;
 pub mod report;
 pub mod same_column;

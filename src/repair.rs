@@ -23,11 +23,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::confirm::read_points;
-use crate::db::{Databases, DbSource, inspect};
+use crate::db::{DbSource, Schema};
 use crate::error::{Error, Result, one_line};
+use crate::finding::AffectedRow;
 use crate::finding::{Finding, Kind, classify};
-use crate::report::AffectedRow;
+use crate::read::{PointRead, PointReads, RunReads, read_points};
 
 /// Ids per point-read query.
 const BATCH: usize = 500;
@@ -190,7 +190,7 @@ fn stored_text(stored: Option<u64>) -> String {
 /// Reads every id again; ids whose stored count moved during a read are
 /// read again, up to `READS` times. Returns per id the last read and
 /// whether it was stable.
-async fn reread(source: &DbSource, ids: &[u64]) -> Result<BTreeMap<u64, (Finding, bool)>> {
+async fn reread<S: PointReads>(source: &S, ids: &[u64]) -> Result<BTreeMap<u64, (Finding, bool)>> {
     let mut reads = BTreeMap::new();
     let mut pending: Vec<u64> = ids.to_vec();
     for attempt in 0..READS {
@@ -202,7 +202,7 @@ async fn reread(source: &DbSource, ids: &[u64]) -> Result<BTreeMap<u64, (Finding
         }
         let mut unstable = Vec::new();
         for batch in pending.chunks(BATCH) {
-            for crate::confirm::PointRead {
+            for PointRead {
                 finding, stable, ..
             } in read_points(source, batch).await?
             {
@@ -228,27 +228,17 @@ pub async fn run(config: &Config, findings: &Path, out: &mut dyn Write) -> Resul
     ids.sort_unstable();
     ids.dedup();
 
-    let widest = (0..config.servers.len())
-        .map(|s| {
-            config.references.iter().filter(|r| r.server == s).count()
-                + usize::from(config.blobs.server == s)
-        })
-        .max()
-        .unwrap_or(1);
-    let databases = Databases::connect(
+    let source = DbSource::open(config, 1, config.check.max_connections_per_server).await?;
+    let result = plan(
         config,
-        (widest + 2).min(config.check.max_connections_per_server),
+        findings,
+        &listed,
+        &ids,
+        &source,
+        &source.schema,
+        out,
     )
-    .await?;
-    let schema = match inspect(config, &databases).await {
-        Ok(schema) => schema,
-        Err(e) => {
-            databases.disconnect().await;
-            return Err(e);
-        }
-    };
-    let source = DbSource::new(databases, schema);
-    let result = plan(config, findings, &listed, &ids, &source, out).await;
+    .await;
     source.databases.disconnect().await;
     result
 }
@@ -306,12 +296,13 @@ fn outcome<'a>(finding: &Listed, now: &'a Finding, stable: bool) -> Outcome<'a> 
     }
 }
 
-async fn plan(
+async fn plan<S: PointReads + RunReads>(
     config: &Config,
     findings: &Path,
     listed: &[Listed],
     ids: &[u64],
-    source: &DbSource,
+    source: &S,
+    schema: &Schema,
     out: &mut dyn Write,
 ) -> Result<RepairStats> {
     let reads = reread(source, ids).await?;
@@ -446,7 +437,7 @@ async fn plan(
             plural(now.actual, "time")
         );
         for &(column, n) in &now.references {
-            let reference = &source.schema.references[column];
+            let reference = &schema.references[column];
             w!("--   {}: {}", labels[column], plural(n, "row"));
             if reference.primary_key.is_empty() {
                 w!(

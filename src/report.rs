@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use crate::finding::{Direction, Finding, Kind, Severity};
+use crate::finding::{AffectedRow, Direction, Finding, Kind, Severity};
 use crate::plan::IdRange;
 
 /// How findings are printed.
@@ -143,25 +143,6 @@ impl FindingCounts {
             Severity::Error => self.error += 1,
             Severity::Warning => self.warning += 1,
         }
-    }
-}
-
-/// A row that references a blob, named by its table and primary key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AffectedRow {
-    /// Index of the reference column.
-    pub column: usize,
-    /// `database.table`.
-    pub table: String,
-    /// Primary-key column and value, in key order.
-    pub key: Vec<(String, String)>,
-}
-
-impl AffectedRow {
-    /// `ProtonMailShard.MessageData MessageID=123`.
-    pub fn display(&self) -> String {
-        let key: Vec<String> = self.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{} {}", self.table, key.join(","))
     }
 }
 

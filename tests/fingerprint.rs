@@ -9,7 +9,7 @@ mod common;
 
 use blobcheck::db::{Databases, DbSource, inspect};
 use blobcheck::demo::{CHECKER_PASSWORD, CHECKER_USER};
-use blobcheck::scan::Source;
+use blobcheck::read::PointReads;
 
 /// The fingerprint of blob 20's referencing rows in `rows` (SQL values of
 /// `R (A, B, BlobRef)` with primary key `(A, B)`), read the way

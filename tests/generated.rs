@@ -399,7 +399,7 @@ async fn sketch_with_counts_too_large_to_sum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sketch_sums_are_exact_up_to_the_limit() {
     use blobcheck::db::{Databases, DbSource, Protocol, inspect};
-    use blobcheck::scan::Source;
+    use blobcheck::read::ScanReads;
     use blobcheck::sketch::{EXACT_LIMIT, MAX_SPAN, Moments};
 
     // Trusted: 909 · (2²⁰ − 1)² = 999,454,163,338,125 (plus small terms) in

@@ -10,7 +10,7 @@ use mysql_async::Row;
 use mysql_async::prelude::Queryable;
 
 use super::connect::Databases;
-use super::schema::{ReferenceScan, Schema};
+use super::schema::{ReferenceScan, Schema, inspect};
 use super::sql::{
     Unusable, affected_rows_sql, blob_batch_sql, blob_batch_statement, blob_id_span_sql,
     blob_points_sql, blob_sketch_sql, blob_sketch_statement, can_hold, reference_batch_sql,
@@ -18,11 +18,11 @@ use super::sql::{
     reference_sketch_statement, sketch_cut_sql, sketch_cut_with, sketch_params, unusable_batch_sql,
     unusable_count_sql, unusable_keys, unusable_params,
 };
+use crate::config::Config;
 use crate::error::{Error, Result, one_line};
-use crate::finding::Finding;
+use crate::finding::{AffectedRow, Finding};
 use crate::plan::IdRange;
-use crate::report::AffectedRow;
-use crate::scan::Source;
+use crate::read::{PointReads, ReferenceColumns, RunReads, ScanReads};
 use crate::sketch::{self, Moments};
 use crate::throttle::Throttle;
 
@@ -177,6 +177,39 @@ impl DbSource {
             retry_for: Duration::from_secs(300),
             throttle: Throttle::unlimited(),
             protocol: Protocol::from_env(),
+        }
+    }
+
+    /// Opens every server of `config` and inspects its tables: the one way
+    /// `check` and `repair-sql` reach the databases. Each server gets
+    /// `reads_per_column` connections for every column it holds (the blob
+    /// table counts as one) and two more, at most `max_connections`. The
+    /// source retries for 300 s and is not throttled until the caller says
+    /// otherwise.
+    pub async fn open(
+        config: &Config,
+        reads_per_column: usize,
+        max_connections: usize,
+    ) -> Result<DbSource> {
+        let widest = (0..config.servers.len())
+            .map(|server| {
+                config
+                    .references
+                    .iter()
+                    .filter(|r| r.server == server)
+                    .count()
+                    + usize::from(config.blobs.server == server)
+            })
+            .max()
+            .unwrap_or(1);
+        let pool_size = (reads_per_column * widest + 2).min(max_connections.max(1));
+        let databases = Databases::connect(config, pool_size).await?;
+        match inspect(config, &databases).await {
+            Ok(schema) => Ok(DbSource::new(databases, schema)),
+            Err(e) => {
+                databases.disconnect().await;
+                Err(e)
+            }
         }
     }
 
@@ -363,84 +396,6 @@ impl DbSource {
         }))
     }
 
-    /// The smallest and largest blob id, `None` for an empty table.
-    pub async fn blob_id_span(&self) -> Result<Option<(u64, u64)>> {
-        let blobs = &self.schema.blobs;
-        let rows = self
-            .rows(blobs.server, &Query::Text(blob_id_span_sql(blobs)))
-            .await?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        // A signed id column may hold negative ids, which no unsigned
-        // reference can name and the scan (0 to 2⁶⁴ − 1) never reads.
-        let id_at = |i: usize| -> Result<Option<u64>> {
-            match row.as_ref(i) {
-                None | Some(mysql_async::Value::NULL) => Ok(None),
-                Some(value) => mysql_async::from_value_opt::<u64>(value.clone())
-                    .map(Some)
-                    .map_err(|_| Error::Schema {
-                        server: self.databases.servers[blobs.server].name.clone(),
-                        reason: format!(
-                            "`{}`.`{}` holds the id {}: blob ids must be integers from 0 to 18446744073709551615",
-                            blobs.table,
-                            blobs.id,
-                            value_text(Some(value))
-                        ),
-                    }),
-            }
-        };
-        Ok(match (id_at(0)?, id_at(1)?) {
-            (Some(first), Some(last)) => Some((first, last)),
-            _ => None,
-        })
-    }
-
-    /// Up to `limit` rows per column that reference the finding's blob,
-    /// named by table and primary key.
-    pub async fn affected_rows(&self, finding: &Finding, limit: u64) -> Result<Vec<AffectedRow>> {
-        let mut rows = Vec::new();
-        for &(column, _) in &finding.references {
-            let reference = &self.schema.references[column];
-            let Some(sql) = affected_rows_sql(reference, finding.blob_id, limit) else {
-                continue;
-            };
-            let found = self.rows(reference.server, &Query::Text(sql)).await?;
-            for row in found {
-                let key = reference
-                    .primary_key
-                    .iter()
-                    .enumerate()
-                    .map(|(i, name)| (name.0.clone(), value_text(row.as_ref(i))))
-                    .collect();
-                rows.push(AffectedRow {
-                    column,
-                    table: reference.table.to_string(),
-                    key,
-                });
-            }
-        }
-        Ok(rows)
-    }
-
-    /// NULL and negative values per reference column, `(nulls, negative)`.
-    /// Read in batches of at most `limit` rows by keyset over the column's
-    /// index (`unusable_batch_sql`), each counted against
-    /// `--max-rows-per-second` and retried like the scan's batches.
-    pub async fn unusable_counts(&self, limit: u64) -> Result<Vec<(u64, u64)>> {
-        let mut counts = Vec::with_capacity(self.schema.references.len());
-        for reference in &self.schema.references {
-            let nulls = self
-                .unusable_count(reference, Unusable::Null, limit)
-                .await?;
-            let negative = self
-                .unusable_count(reference, Unusable::Negative, limit)
-                .await?;
-            counts.push((nulls, negative));
-        }
-        Ok(counts)
-    }
-
     async fn unusable_count(
         &self,
         reference: &ReferenceScan,
@@ -498,7 +453,13 @@ impl DbSource {
     }
 }
 
-impl Source for DbSource {
+impl ReferenceColumns for DbSource {
+    fn column_count(&self) -> usize {
+        self.schema.references.len()
+    }
+}
+
+impl ScanReads for DbSource {
     async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
         let blobs = &self.schema.blobs;
         let what = blobs.table.to_string();
@@ -524,53 +485,6 @@ impl Source for DbSource {
         );
         self.pairs(reference.server, query, &reference.label, Read::ScanGrouped)
             .await
-    }
-
-    async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
-        let blobs = &self.schema.blobs;
-        let what = blobs.table.to_string();
-        let mut rows = self
-            .pairs(
-                blobs.server,
-                Query::Text(blob_points_sql(blobs, ids)),
-                &what,
-                Read::Points,
-            )
-            .await?;
-        rows.sort_unstable();
-        Ok(rows)
-    }
-
-    async fn reference_counts(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
-        let points = self.reference_points(column, ids).await?;
-        Ok(points.into_iter().map(|(id, n, _)| (id, n)).collect())
-    }
-
-    async fn reference_points(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64, u64)>> {
-        let reference = &self.schema.references[column];
-        let name = &self.databases.servers[reference.server].name;
-        let query = Query::Text(reference_points_sql(reference, ids));
-        let mut points = self
-            .rows(reference.server, &query)
-            .await?
-            .into_iter()
-            .map(|mut row| {
-                let fingerprint = row.take_opt::<u64, _>(2);
-                let (id, n) = parse_pair(row, name, &reference.label)?;
-                match fingerprint {
-                    Some(Ok(fingerprint)) => Ok((id, n, fingerprint)),
-                    _ => Err(Error::Query {
-                        server: name.clone(),
-                        reason: format!(
-                            "{}: a row fingerprint that is not an integer",
-                            reference.label
-                        ),
-                    }),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        points.sort_unstable();
-        Ok(points)
     }
 
     async fn blob_sketch(&self, range: IdRange) -> Result<Option<Moments>> {
@@ -634,9 +548,129 @@ impl Source for DbSource {
     async fn probed(&self, rows: u64) {
         self.throttle.consume(rows).await;
     }
+}
 
-    fn column_count(&self) -> usize {
-        self.schema.references.len()
+impl PointReads for DbSource {
+    async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+        let blobs = &self.schema.blobs;
+        let what = blobs.table.to_string();
+        let mut rows = self
+            .pairs(
+                blobs.server,
+                Query::Text(blob_points_sql(blobs, ids)),
+                &what,
+                Read::Points,
+            )
+            .await?;
+        rows.sort_unstable();
+        Ok(rows)
+    }
+
+    async fn reference_points(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64, u64)>> {
+        let reference = &self.schema.references[column];
+        let name = &self.databases.servers[reference.server].name;
+        let query = Query::Text(reference_points_sql(reference, ids));
+        let mut points = self
+            .rows(reference.server, &query)
+            .await?
+            .into_iter()
+            .map(|mut row| {
+                let fingerprint = row.take_opt::<u64, _>(2);
+                let (id, n) = parse_pair(row, name, &reference.label)?;
+                match fingerprint {
+                    Some(Ok(fingerprint)) => Ok((id, n, fingerprint)),
+                    _ => Err(Error::Query {
+                        server: name.clone(),
+                        reason: format!(
+                            "{}: a row fingerprint that is not an integer",
+                            reference.label
+                        ),
+                    }),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        points.sort_unstable();
+        Ok(points)
+    }
+}
+
+impl RunReads for DbSource {
+    /// The smallest and largest blob id, `None` for an empty table.
+    async fn blob_id_span(&self) -> Result<Option<(u64, u64)>> {
+        let blobs = &self.schema.blobs;
+        let rows = self
+            .rows(blobs.server, &Query::Text(blob_id_span_sql(blobs)))
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        // A signed id column may hold negative ids, which no unsigned
+        // reference can name and the scan (0 to 2⁶⁴ − 1) never reads.
+        let id_at = |i: usize| -> Result<Option<u64>> {
+            match row.as_ref(i) {
+                None | Some(mysql_async::Value::NULL) => Ok(None),
+                Some(value) => mysql_async::from_value_opt::<u64>(value.clone())
+                    .map(Some)
+                    .map_err(|_| Error::Schema {
+                        server: self.databases.servers[blobs.server].name.clone(),
+                        reason: format!(
+                            "`{}`.`{}` holds the id {}: blob ids must be integers from 0 to 18446744073709551615",
+                            blobs.table,
+                            blobs.id,
+                            value_text(Some(value))
+                        ),
+                    }),
+            }
+        };
+        Ok(match (id_at(0)?, id_at(1)?) {
+            (Some(first), Some(last)) => Some((first, last)),
+            _ => None,
+        })
+    }
+
+    /// Up to `limit` rows per column that reference the finding's blob,
+    /// named by table and primary key.
+    async fn affected_rows(&self, finding: &Finding, limit: u64) -> Result<Vec<AffectedRow>> {
+        let mut rows = Vec::new();
+        for &(column, _) in &finding.references {
+            let reference = &self.schema.references[column];
+            let Some(sql) = affected_rows_sql(reference, finding.blob_id, limit) else {
+                continue;
+            };
+            let found = self.rows(reference.server, &Query::Text(sql)).await?;
+            for row in found {
+                let key = reference
+                    .primary_key
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| (name.0.clone(), value_text(row.as_ref(i))))
+                    .collect();
+                rows.push(AffectedRow {
+                    column,
+                    table: reference.table.to_string(),
+                    key,
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// NULL and negative values per reference column, `(nulls, negative)`.
+    /// Read in batches of at most `limit` rows by keyset over the column's
+    /// index (`unusable_batch_sql`), each counted against
+    /// `--max-rows-per-second` and retried like the scan's batches.
+    async fn unusable_counts(&self, limit: u64) -> Result<Vec<(u64, u64)>> {
+        let mut counts = Vec::with_capacity(self.schema.references.len());
+        for reference in &self.schema.references {
+            let nulls = self
+                .unusable_count(reference, Unusable::Null, limit)
+                .await?;
+            let negative = self
+                .unusable_count(reference, Unusable::Negative, limit)
+                .await?;
+            counts.push((nulls, negative));
+        }
+        Ok(counts)
     }
 }
 
