@@ -7,7 +7,7 @@ use mysql_async::{Conn, Row};
 
 use super::report::{Mark, Report};
 use super::{Doctor, field, quote};
-use crate::config::{Discovery, Server};
+use crate::config::{Discovery, Ident, Server};
 use crate::db::{self, BlobScan, ReferenceScan};
 use crate::discovery;
 use crate::error::{Result, one_line};
@@ -63,9 +63,9 @@ pub(super) async fn shards(report: &mut Report<'_>, d: &Discovery, server: &Serv
                 Some(problem) => report.line_fix(
                     Mark::Warn,
                     format!("{label} {shown}: {problem}"),
-                    Some(format!(
-                        "ALTER TABLE {} ADD INDEX `Type` (`Type`), ALGORITHM=INPLACE, LOCK=NONE;",
-                        d.table.quoted()
+                    Some(db::add_index_sql(
+                        &d.table,
+                        &Ident::new("Type").expect("a valid name"),
                     )),
                 ),
             }
