@@ -93,13 +93,20 @@ fn ssl_opts(tls: &Tls) -> Option<SslOpts> {
 /// before the check's pools exist (shard discovery).
 pub async fn connect_once(server: &Server) -> Result<(Pool, Conn)> {
     let pool = pool_for(server, 1)?;
+    let conn = conn_within_timeout(server, &pool).await?;
+    Ok((pool, conn))
+}
+
+/// A connection from `pool` to `server`, within the server's connect
+/// timeout.
+async fn conn_within_timeout(server: &Server, pool: &Pool) -> Result<Conn> {
     let failed = |reason: String| Error::Connect {
         server: server.name.clone(),
         address: address(server),
         reason,
     };
     match tokio::time::timeout(server.connect_timeout, pool.get_conn()).await {
-        Ok(Ok(conn)) => Ok((pool, conn)),
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(failed(one_line(e))),
         Err(_) => Err(failed(format!(
             "no answer within {} s",
@@ -158,20 +165,7 @@ impl Databases {
 
     /// A connection to server `i`, within the server's connect timeout.
     pub async fn conn(&self, i: usize) -> Result<Conn> {
-        let server = &self.servers[i];
-        let failed = |reason: String| Error::Connect {
-            server: server.name.clone(),
-            address: address(server),
-            reason,
-        };
-        match tokio::time::timeout(server.connect_timeout, self.pools[i].get_conn()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(failed(one_line(e))),
-            Err(_) => Err(failed(format!(
-                "no answer within {} s",
-                server.connect_timeout.as_secs()
-            ))),
-        }
+        conn_within_timeout(&self.servers[i], &self.pools[i]).await
     }
 
     pub fn query_error(&self, i: usize, e: impl std::fmt::Display) -> Error {

@@ -1,6 +1,7 @@
-//! What differs between MySQL 5.7, MySQL 8.x and MariaDB, and the statements
-//! whose answers are parsed rather than read as rows of data: `SHOW GRANTS`
-//! and the replica status.
+//! What differs between MySQL 5.7, MySQL 8.x and MariaDB ([`ServerVersion`],
+//! the spellings of a statement or a column one version knows and another
+//! does not), and the statements whose answers are parsed rather than read
+//! as rows of data: `SHOW GRANTS` and the replica status.
 //!
 //! Every `SHOW GRANTS` line is read by [`Grant::parse`], by `check` (the
 //! warning about an account that could write) and by `doctor` alike. The
@@ -9,6 +10,61 @@
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
+
+/// What a server says it is (`SELECT VERSION()`), as far as blobcheck
+/// treats servers differently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerVersion {
+    pub mariadb: bool,
+    /// (major, minor); `None` when the version string has no such numbers.
+    pub number: Option<(u32, u32)>,
+}
+
+impl ServerVersion {
+    /// From a version string such as `10.11.6-MariaDB-log` or `8.0.36`.
+    pub fn parse(version: &str) -> ServerVersion {
+        ServerVersion {
+            mariadb: version.contains("MariaDB"),
+            number: parse_version(version),
+        }
+    }
+
+    /// Whether the server is at least as new as the oldest blobcheck is
+    /// tested with: MySQL 5.7, MariaDB 10.3 (an unknown version passes).
+    pub fn is_tested(&self) -> bool {
+        match (self.mariadb, self.number) {
+            (true, Some(v)) => v >= (10, 3),
+            (false, Some(v)) => v >= (5, 7),
+            (_, None) => true,
+        }
+    }
+
+    /// The privilege to grant so that the account may read the replica
+    /// status: SLAVE MONITOR on MariaDB 10.5 and later, REPLICATION CLIENT
+    /// on MySQL and older MariaDB (and when the version is unknown).
+    pub fn replica_monitor_privilege(&self) -> &'static str {
+        match (self.mariadb, self.number) {
+            (true, Some(v)) if v >= (10, 5) => "SLAVE MONITOR",
+            _ => "REPLICATION CLIENT",
+        }
+    }
+}
+
+/// `(major, minor)` of a version string such as `10.11.6-MariaDB-log`.
+fn parse_version(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Whether the session is READ ONLY, and the server's `read_only`, tried in
+/// this order: MySQL 8 knows the session's only as `transaction_read_only`,
+/// MariaDB and MySQL 5.7 as `tx_read_only`.
+pub const READ_ONLY_SQL: [&str; 2] = [
+    "SELECT @@SESSION.tx_read_only, @@GLOBAL.read_only",
+    "SELECT @@SESSION.transaction_read_only, @@GLOBAL.read_only",
+];
 
 /// A statement the server does not parse: here, a form of a statement
 /// another version spells differently.
@@ -321,6 +377,39 @@ mod tests {
             no_replica_status_statement(),
             "the server knows none of SHOW ALL SLAVES STATUS, SHOW SLAVE STATUS, SHOW REPLICA STATUS"
         );
+    }
+
+    #[test]
+    fn versions_are_parsed() {
+        assert_eq!(parse_version("10.11.6-MariaDB-0+deb12u1"), Some((10, 11)));
+        assert_eq!(parse_version("8.0.36"), Some((8, 0)));
+        assert_eq!(parse_version("x"), None);
+        let mariadb = ServerVersion::parse("10.11.6-MariaDB-0+deb12u1");
+        assert_eq!(
+            mariadb,
+            ServerVersion {
+                mariadb: true,
+                number: Some((10, 11))
+            }
+        );
+        assert!(mariadb.is_tested());
+        assert_eq!(mariadb.replica_monitor_privilege(), "SLAVE MONITOR");
+        let old_mariadb = ServerVersion::parse("10.4.34-MariaDB-log");
+        assert!(old_mariadb.is_tested());
+        assert_eq!(
+            old_mariadb.replica_monitor_privilege(),
+            "REPLICATION CLIENT"
+        );
+        assert!(!ServerVersion::parse("10.2.44-MariaDB").is_tested());
+        let mysql = ServerVersion::parse("8.0.36");
+        assert!(!mysql.mariadb);
+        assert!(mysql.is_tested());
+        assert_eq!(mysql.replica_monitor_privilege(), "REPLICATION CLIENT");
+        assert!(!ServerVersion::parse("5.6.51-log").is_tested());
+        assert!(ServerVersion::parse("5.7.44").is_tested());
+        let unknown = ServerVersion::parse("x");
+        assert!(unknown.is_tested());
+        assert_eq!(unknown.replica_monitor_privilege(), "REPLICATION CLIENT");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!
 //! One concern per file:
 //! - `connect`: pools, TLS, the session setup, [`Databases`], [`connect_once`];
-//! - `schema`: the per-column inspection ([`inspect`]) and what it yields
-//!   ([`Schema`], [`ReferenceScan`], [`BlobScan`], [`ServerIdent`]);
+//! - `schema`: the per-table and per-column inspection, which [`inspect`]
+//!   and `doctor` share, and what it yields ([`Schema`], [`ReferenceScan`],
+//!   [`BlobScan`], [`ServerIdent`]);
 //! - `sql`: the text of every query (`*_sql`, `*_statement`);
 //! - `source`: [`DbSource`] (retries, permits, timeouts, decoding) and
 //!   [`Protocol`];
@@ -26,13 +27,17 @@ pub use connect::{
     DEFAULT_MAX_CONNECTIONS_PER_SERVER, Databases, SESSION_SETUP, address, connect_once,
 };
 pub use schema::{
-    BlobScan, ColumnInfo, INTEGER_TYPES, ReferenceScan, Schema, ServerIdent, inspect,
+    BlobScan, ColumnFacts, ColumnInfo, INTEGER_TYPES, LeadingIndex, ReferenceScan, Schema,
+    ServerIdent, TableLookup, blob_id_index, inspect, integer_columns, leading_indexes,
+    lookup_column, lookup_table, primary_key_columns, tables_in,
 };
 pub use source::{DbSource, Protocol};
 pub use sql::{
-    COLUMN_SQL, DATABASE_EXISTS_SQL, LEADING_INDEXES_SQL, PRIMARY_KEY_SQL, TABLE_EXISTS_SQL,
-    Unusable, add_index_sql, affected_rows_sql, blob_batch_sql, blob_batch_statement,
-    blob_id_span_sql, blob_points_sql, blob_sketch_sql, blob_sketch_statement, can_hold,
-    reference_batch_sql, reference_batch_statement, reference_points_sql, reference_sketch_sql,
-    reference_sketch_statement, sketch_cut_sql, unusable_batch_sql, unusable_count_sql,
+    COLUMN_SQL, COLUMN_TYPES_SQL, DATABASE_EXISTS_SQL, LEADING_INDEXES_SQL, MAX_CONNECTIONS_SQL,
+    PRIMARY_KEY_SQL, SSL_CIPHER_SQL, TABLE_EXISTS_SQL, TABLES_IN_SQL, Unusable,
+    VERSION_AND_ACCOUNT_SQL, add_index_sql, affected_rows_sql, blob_batch_sql,
+    blob_batch_statement, blob_id_span_sql, blob_points_sql, blob_sketch_sql,
+    blob_sketch_statement, can_hold, explain_sql, reference_batch_sql, reference_batch_statement,
+    reference_points_sql, reference_sketch_sql, reference_sketch_statement, sketch_cut_sql,
+    smallest_sql, unusable_batch_sql, unusable_count_sql,
 };

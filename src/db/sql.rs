@@ -30,6 +30,35 @@ pub const TABLE_EXISTS_SQL: &str =
 pub const COLUMN_SQL: &str = "SELECT DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?";
 
+/// The names and data types of a table's columns `?` (database, table),
+/// in table order.
+pub const COLUMN_TYPES_SQL: &str = "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS \
+    WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION";
+
+/// Up to 21 tables of the database `?`, by name: 20 to show and one to tell
+/// that there are more.
+pub const TABLES_IN_SQL: &str = "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? \
+    ORDER BY TABLE_NAME LIMIT 21";
+
+/// The server's version and the account the session runs as.
+pub const VERSION_AND_ACCOUNT_SQL: &str = "SELECT VERSION(), CURRENT_USER()";
+
+/// The session's TLS cipher; empty when the connection is not encrypted.
+pub const SSL_CIPHER_SQL: &str = "SHOW SESSION STATUS LIKE 'Ssl_cipher'";
+
+/// How many connections the server accepts.
+pub const MAX_CONNECTIONS_SQL: &str = "SELECT @@GLOBAL.max_connections";
+
+/// The smallest value of `column`: one index dive when it leads an index.
+pub fn smallest_sql(table: &TableName, column: &ServerIdent) -> String {
+    format!("SELECT MIN({}) FROM {}", column.quoted(), table.quoted())
+}
+
+/// The server's plan for `sql`.
+pub fn explain_sql(sql: &str) -> String {
+    format!("EXPLAIN {sql}")
+}
+
 /// Indexes whose first column is `?` (database, table, column), best
 /// first: the primary key, then unique, then by name; each row is (name,
 /// unique, number of columns).
