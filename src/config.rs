@@ -238,14 +238,21 @@ fn seconds(value: f64) -> std::time::Duration {
 
 impl CheckSettings {
     pub fn scan_options(&self) -> crate::scan::ScanOptions {
+        let confirm = self.confirm_options();
         crate::scan::ScanOptions {
             chunk_size: self.chunk_size,
             jobs: self.jobs,
             chunk_time: (self.chunk_time > 0.0).then(|| seconds(self.chunk_time)),
             min_chunk_size: self.min_chunk_size,
             max_chunk_size: self.max_chunk_size,
-            // Set from the confirmation options when the check starts.
-            hot_threshold: u64::MAX,
+            // Busy blobs the scan sees consistent are candidates too (a
+            // single read can catch changes in flight that hide a fault),
+            // when there is a confirmation to re-read them.
+            hot_threshold: if confirm.enabled() {
+                confirm.hot_threshold
+            } else {
+                u64::MAX
+            },
             method: self.method.scan_method(self.sketch_rows),
         }
     }
@@ -785,6 +792,21 @@ column = "Body"
             .to_string();
         assert!(err.contains("unknown variant"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn the_scan_watches_busy_blobs_only_for_a_confirmation() {
+        let settings = CheckSettings {
+            hot_threshold: 50,
+            ..CheckSettings::default()
+        };
+        assert_eq!(settings.scan_options().hot_threshold, 50);
+        assert_eq!(settings.confirm_options().hot_threshold, 50);
+        let unconfirmed = CheckSettings {
+            confirmations: 0,
+            ..settings
+        };
+        assert_eq!(unconfirmed.scan_options().hot_threshold, u64::MAX);
     }
 
     #[test]
