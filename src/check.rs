@@ -99,7 +99,8 @@ pub struct CheckOptions {
 
 impl CheckOptions {
     /// The whole id space, unconfirmed, unthrottled, no checkpoint, no
-    /// progress display: what tests of static data want.
+    /// progress display, the binary protocol: what tests of static data
+    /// want.
     pub fn new(scan: ScanOptions) -> CheckOptions {
         CheckOptions {
             scope: Scope::Range(IdRange::ALL),
@@ -111,7 +112,7 @@ impl CheckOptions {
             retry_for: Duration::from_secs(300),
             max_connections_per_server: crate::db::DEFAULT_MAX_CONNECTIONS_PER_SERVER,
             affected_rows: 10,
-            protocol: Protocol::from_env(),
+            protocol: Protocol::Binary,
             stop: None,
         }
     }
