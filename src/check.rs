@@ -76,6 +76,10 @@ impl StopRequest {
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
     pub scope: Scope,
+    /// The scan as it runs. Its `hot_threshold` is the confirmation's when
+    /// confirmation is on (busy blobs the scan sees consistent are
+    /// re-read too), `u64::MAX` otherwise: `CheckSettings::scan_options`
+    /// derives it so.
     pub scan: ScanOptions,
     pub confirm: ConfirmOptions,
     pub throttle: ThrottleOptions,
@@ -96,7 +100,8 @@ pub struct CheckOptions {
 
 impl CheckOptions {
     /// The whole id space, unconfirmed, unthrottled, no checkpoint, no
-    /// progress display: what tests of static data want.
+    /// progress display, the binary protocol: what tests of static data
+    /// want.
     pub fn new(scan: ScanOptions) -> CheckOptions {
         CheckOptions {
             scope: Scope::Range(IdRange::ALL),
@@ -108,7 +113,7 @@ impl CheckOptions {
             retry_for: Duration::from_secs(300),
             max_connections_per_server: crate::db::DEFAULT_MAX_CONNECTIONS_PER_SERVER,
             affected_rows: 10,
-            protocol: Protocol::from_env(),
+            protocol: Protocol::Binary,
             stop: None,
         }
     }
@@ -525,17 +530,12 @@ impl<S: CheckReads> Run<'_, S> {
             mpsc::channel::<ChunkOutcome>(self.options.scan.jobs.max(1) * 2);
         let mut scanner = state.next_start.map(|start| {
             let range = IdRange::new(start, state.range.end);
-            // Busy blobs the scan sees consistent are candidates too: a single
-            // read can catch changes in flight that hide a fault.
-            let options = ScanOptions {
-                hot_threshold: if self.options.confirm.enabled() {
-                    self.options.confirm.hot_threshold
-                } else {
-                    u64::MAX
-                },
-                ..self.options.scan
-            };
-            tokio::spawn(scan(Arc::clone(self.source), range, options, outcome_tx))
+            tokio::spawn(scan(
+                Arc::clone(self.source),
+                range,
+                self.options.scan,
+                outcome_tx,
+            ))
         });
         let mut scan_done = scanner.is_none();
         let mut stop = self.options.stop.clone();

@@ -188,6 +188,61 @@ pub struct CheckSettings {
     pub max_connections_per_server: usize,
 }
 
+/// The command line's value for each `[check]` setting, `None` where it
+/// gives none: the raw flags, which [`CheckSettings::overridden`] applies
+/// to the file's settings. The doc comments are the command line's help.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Rows per batch of the first chunk; of every chunk with --chunk-time 0 [config: check.chunk_size; default 10000].
+    #[arg(long, value_name = "ROWS")]
+    pub chunk_size: Option<u64>,
+    /// Target seconds per chunk; the chunk size adapts to it. 0 keeps --chunk-size fixed [config: check.chunk_time; default 0.5].
+    #[arg(long, value_name = "SECONDS")]
+    pub chunk_time: Option<f64>,
+    /// Smallest adaptive chunk [config: check.min_chunk_size; default 1000].
+    #[arg(long, value_name = "ROWS")]
+    pub min_chunk_size: Option<u64>,
+    /// Largest adaptive chunk; bounds memory [config: check.max_chunk_size; default 20000].
+    #[arg(long, value_name = "ROWS")]
+    pub max_chunk_size: Option<u64>,
+    /// How chunks are checked: `exact` reads one row per id and table; `sketch` has the servers sum each chunk and reads exactly only the chunks the sums do not clear (see README) [config: check.method; default exact].
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub method: Option<Method>,
+    /// With --method sketch: rows per sketched chunk [config: check.sketch_rows; default 8192].
+    #[arg(long, value_name = "ROWS")]
+    pub sketch_rows: Option<u64>,
+    /// Chunks checked at once [config: check.jobs; default 4].
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Seconds between the reads that confirm a candidate [config: check.settle_delay; default 3].
+    #[arg(long, value_name = "SECONDS")]
+    pub settle_delay: Option<f64>,
+    /// Re-reads that must agree before a finding is reported; 0 reports single-pass candidates [config: check.confirmations; default 2].
+    #[arg(long, value_name = "N")]
+    pub confirmations: Option<u32>,
+    /// Blobs with at least N references are re-read even when the scan saw them consistent, and need twice the agreeing reads [config: check.hot_threshold; default 100].
+    #[arg(long, value_name = "N")]
+    pub hot_threshold: Option<u64>,
+    /// Pause while any server's replica lag exceeds SECONDS [config: check.max_lag; default: off].
+    #[arg(long, value_name = "SECONDS")]
+    pub max_lag: Option<f64>,
+    /// Pause while any server runs more than N threads [config: check.max_threads_running; default: off].
+    #[arg(long, value_name = "N")]
+    pub max_threads_running: Option<u64>,
+    /// Read at most N rows per second, over all servers [config: check.max_rows_per_second; default: off].
+    #[arg(long, value_name = "N")]
+    pub max_rows_per_second: Option<u64>,
+    /// Seconds a failing query is retried before the check gives up [config: check.retry_for; default 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_for: Option<f64>,
+    /// Connections opened to one server at most; reads beyond that wait for a turn [config: check.max_connections_per_server; default 10].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_server: Option<usize>,
+    /// Rows listed per column for each missing blob or count too low; 0 lists none [config: check.affected_rows; default 10].
+    #[arg(long, value_name = "N")]
+    pub affected_rows: Option<u64>,
+}
+
 /// `exact` reads one row per id and table; `sketch` has the servers sum
 /// each chunk and reads exactly only the chunks the sums do not clear
 /// (`sketch` module).
@@ -237,15 +292,52 @@ fn seconds(value: f64) -> std::time::Duration {
 }
 
 impl CheckSettings {
+    /// These settings with every value the command line gives in place of
+    /// the file's, validated: the one place a setting is decided.
+    pub fn overridden(&self, overrides: &Overrides) -> std::result::Result<CheckSettings, String> {
+        let o = overrides;
+        // Every field named, none left to `..`: a new setting must say
+        // whether the command line overrides it.
+        let settings = CheckSettings {
+            chunk_size: o.chunk_size.unwrap_or(self.chunk_size),
+            jobs: o.jobs.unwrap_or(self.jobs),
+            chunk_time: o.chunk_time.unwrap_or(self.chunk_time),
+            min_chunk_size: o.min_chunk_size.unwrap_or(self.min_chunk_size),
+            max_chunk_size: o.max_chunk_size.unwrap_or(self.max_chunk_size),
+            settle_delay: o.settle_delay.unwrap_or(self.settle_delay),
+            confirmations: o.confirmations.unwrap_or(self.confirmations),
+            hot_threshold: o.hot_threshold.unwrap_or(self.hot_threshold),
+            max_lag: o.max_lag.or(self.max_lag),
+            max_threads_running: o.max_threads_running.or(self.max_threads_running),
+            max_rows_per_second: o.max_rows_per_second.or(self.max_rows_per_second),
+            retry_for: o.retry_for.unwrap_or(self.retry_for),
+            affected_rows: o.affected_rows.unwrap_or(self.affected_rows),
+            method: o.method.unwrap_or(self.method),
+            sketch_rows: o.sketch_rows.unwrap_or(self.sketch_rows),
+            max_connections_per_server: o
+                .max_connections_per_server
+                .unwrap_or(self.max_connections_per_server),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
     pub fn scan_options(&self) -> crate::scan::ScanOptions {
+        let confirm = self.confirm_options();
         crate::scan::ScanOptions {
             chunk_size: self.chunk_size,
             jobs: self.jobs,
             chunk_time: (self.chunk_time > 0.0).then(|| seconds(self.chunk_time)),
             min_chunk_size: self.min_chunk_size,
             max_chunk_size: self.max_chunk_size,
-            // Set from the confirmation options when the check starts.
-            hot_threshold: u64::MAX,
+            // Busy blobs the scan sees consistent are candidates too (a
+            // single read can catch changes in flight that hide a fault),
+            // when there is a confirmation to re-read them.
+            hot_threshold: if confirm.enabled() {
+                confirm.hot_threshold
+            } else {
+                u64::MAX
+            },
             method: self.method.scan_method(self.sketch_rows),
         }
     }
@@ -785,6 +877,53 @@ column = "Body"
             .to_string();
         assert!(err.contains("unknown variant"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_what_they_give_and_are_validated() {
+        let file = parse(&format!("{EXAMPLE}\n[check]\njobs = 2\nmax_lag = 5\n"))
+            .unwrap()
+            .check;
+        let kept = file.overridden(&Overrides::default()).unwrap();
+        assert_eq!(
+            (kept.jobs, kept.max_lag, kept.chunk_size),
+            (2, Some(5.0), 10_000)
+        );
+        let given = Overrides {
+            jobs: Some(8),
+            max_lag: Some(1.5),
+            max_rows_per_second: Some(100),
+            method: Some(Method::Sketch),
+            ..Overrides::default()
+        };
+        let overridden = file.overridden(&given).unwrap();
+        assert_eq!(overridden.jobs, 8);
+        assert_eq!(overridden.max_lag, Some(1.5));
+        assert_eq!(overridden.max_rows_per_second, Some(100));
+        assert_eq!(overridden.method, Method::Sketch);
+        assert_eq!(overridden.chunk_size, 10_000, "not given: the file's");
+        let err = file
+            .overridden(&Overrides {
+                jobs: Some(0),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert_eq!(err, "jobs 0 is out of range (1 to 256)");
+    }
+
+    #[test]
+    fn the_scan_watches_busy_blobs_only_for_a_confirmation() {
+        let settings = CheckSettings {
+            hot_threshold: 50,
+            ..CheckSettings::default()
+        };
+        assert_eq!(settings.scan_options().hot_threshold, 50);
+        assert_eq!(settings.confirm_options().hot_threshold, 50);
+        let unconfirmed = CheckSettings {
+            confirmations: 0,
+            ..settings
+        };
+        assert_eq!(unconfirmed.scan_options().hot_threshold, u64::MAX);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod checkpoint;
+pub mod command;
 pub mod config;
 pub mod confirm;
 pub mod db;

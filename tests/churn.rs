@@ -73,15 +73,22 @@ fn single_pass() -> CheckOptions {
 }
 
 fn confirmed(settle_delay: Duration) -> CheckOptions {
+    // HOT_THRESHOLD: judge the hot blobs by the ordinary rule.
+    let hot_threshold = env_or("HOT_THRESHOLD", 100);
+    let single_pass = single_pass();
     CheckOptions {
         confirm: ConfirmOptions {
             settle_delay,
             confirmations: 2,
             batch_size: 500,
-            // HOT_THRESHOLD: judge the hot blobs by the ordinary rule.
-            hot_threshold: env_or("HOT_THRESHOLD", 100),
+            hot_threshold,
         },
-        ..single_pass()
+        // The scan watches busy blobs for the confirmation.
+        scan: ScanOptions {
+            hot_threshold,
+            ..single_pass.scan
+        },
+        ..single_pass
     }
 }
 
@@ -600,6 +607,7 @@ async fn a_stream_of_changes_in_one_direction_is_not_a_fault() {
     for hot_threshold in [100, u64::MAX] {
         let mut options = confirmed(Duration::from_secs(1));
         options.confirm.hot_threshold = hot_threshold;
+        options.scan.hot_threshold = hot_threshold;
         let (found, summary) = run_check(&config, &options).await;
         let result = Comparison::new(&found, &data.expected);
         println!(

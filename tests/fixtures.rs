@@ -97,7 +97,11 @@ async fn confirmation_keeps_every_persistent_finding() {
             batch_size: 50,
             hot_threshold: 100,
         },
-        ..CheckOptions::new(ScanOptions::fixed(500, 3))
+        // The scan watches busy blobs for the confirmation.
+        ..CheckOptions::new(ScanOptions {
+            hot_threshold: 100,
+            ..ScanOptions::fixed(500, 3)
+        })
     };
     let (text, summary) = common::check_jsonl(&config, &options).await;
     let mut findings = common::parse_jsonl(&text);

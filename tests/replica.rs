@@ -285,6 +285,11 @@ async fn check_on_replicas_during_churn_on_the_primaries() {
                 batch_size: 500,
                 hot_threshold: 100,
             },
+            // The scan watches busy blobs for the confirmation.
+            scan: ScanOptions {
+                hot_threshold: 100,
+                ..base.scan
+            },
             ..base.clone()
         },
     )
@@ -310,6 +315,11 @@ async fn check_on_replicas_during_churn_on_the_primaries() {
             confirmations: 2,
             batch_size: 500,
             hot_threshold: 100,
+        },
+        // The scan watches busy blobs for the confirmation.
+        scan: ScanOptions {
+            hot_threshold: 100,
+            ..base.scan
         },
         ..base.clone()
     };

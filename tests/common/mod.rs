@@ -3,6 +3,8 @@
 //! helpers to run a check and read its findings.
 #![allow(dead_code)]
 
+pub mod config_text;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,0 +1,331 @@
+//! The commands as the command line gives them: its raw flags
+//! ([`CheckArgs`], with the `[check]` overrides in
+//! [`config::Overrides`](crate::config::Overrides)) resolved once into a
+//! run's options, the run, its output file and its metrics file. `main.rs`
+//! parses the arguments into these, calls one function per command and
+//! maps what it returns to an exit status.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::check::{self, CheckOptions, CheckpointOptions, Scope, StopRequest};
+use crate::config::{Config, Overrides};
+use crate::db::Protocol;
+use crate::error::{Error, Result};
+use crate::metrics::{self, RunMetrics};
+use crate::plan::{IdRange, Partition};
+use crate::progress::ProgressMode;
+use crate::report::{Format, Reporter, Summary};
+
+/// The flags of `check` and `demo`, as given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Output format: a table for people, or one JSON object per finding per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Write findings (and, in text format, the summary) to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Overrides,
+    /// Write Prometheus metrics of the run to FILE (atomically), for node_exporter's textfile collector; written on failure too.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// Keep progress, pending candidates and findings in FILE (written atomically every few seconds).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue the run the checkpoint file describes (starts afresh if the file does not exist yet).
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
+    /// Check only the K-th (0-based) of N disjoint slices of the id space, so that N processes check everything once.
+    #[arg(long, value_name = "K/N", conflicts_with = "range")]
+    pub partition: Option<Partition>,
+    /// Check only ids FIRST to LAST (inclusive), e.g. 0-1000000.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_range)]
+    pub range: Option<IdRange>,
+    /// Progress display on stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+}
+
+/// `--range FIRST-LAST`.
+fn parse_range(text: &str) -> std::result::Result<IdRange, String> {
+    let bad = || format!("range `{text}` must be FIRST-LAST with FIRST <= LAST, e.g. 0-1000000");
+    let (first, last) = text.split_once('-').ok_or_else(bad)?;
+    let first: u64 = first.trim().parse().map_err(|_| bad())?;
+    let last: u64 = last.trim().parse().map_err(|_| bad())?;
+    if first > last {
+        return Err(bad());
+    }
+    Ok(IdRange::new(first, last))
+}
+
+/// How often a run that keeps a checkpoint saves it.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
+impl CheckArgs {
+    /// The run's options, every one decided here from the configuration's
+    /// `[check]` section and these flags: the overrides applied and
+    /// validated, the derived scan, confirmation and throttle options, the
+    /// scope, the checkpoint, the progress display (none when `quiet`) and
+    /// the protocol (`BLOBCHECK_PROTOCOL`, read here and nowhere else).
+    pub fn check_options(
+        &self,
+        config: &Config,
+        quiet: bool,
+        stop: StopRequest,
+    ) -> Result<CheckOptions> {
+        let settings = config
+            .check
+            .overridden(&self.settings)
+            .map_err(Error::Usage)?;
+        let scope = match (self.partition, self.range) {
+            (Some(partition), _) => Scope::Partition(partition),
+            (None, Some(range)) => Scope::Range(range),
+            (None, None) => Scope::Range(IdRange::ALL),
+        };
+        Ok(CheckOptions {
+            scope,
+            scan: settings.scan_options(),
+            confirm: settings.confirm_options(),
+            throttle: settings.throttle_options(),
+            checkpoint: self.checkpoint.clone().map(|path| CheckpointOptions {
+                path,
+                resume: self.resume,
+                interval: CHECKPOINT_INTERVAL,
+            }),
+            progress: if quiet {
+                ProgressMode::None
+            } else {
+                self.progress
+            },
+            retry_for: settings.retry_for(),
+            max_connections_per_server: settings.max_connections_per_server,
+            affected_rows: settings.affected_rows,
+            protocol: Protocol::from_env(),
+            stop: Some(stop),
+        })
+    }
+
+    /// The files the run reads or writes, by the option that names them.
+    fn files<'a>(&'a self, config_path: Option<&'a Path>) -> Vec<(&'static str, &'a Path)> {
+        [
+            ("--config", config_path),
+            ("--output", self.output.as_deref()),
+            ("--checkpoint", self.checkpoint.as_deref()),
+            ("--metrics-file", self.metrics_file.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(option, path)| path.map(|path| (option, path)))
+        .collect()
+    }
+}
+
+/// `check`: runs the check `config` describes (read from `config_path`, if
+/// from a file) with `args`, and writes its metrics file. Returns the number
+/// of findings; a run stopped by `stop` ends in [`Error::Interrupted`] (or
+/// [`Error::Abandoned`] when it did not stop in time).
+pub async fn check(
+    config: &Config,
+    config_path: Option<&Path>,
+    args: &CheckArgs,
+    quiet: bool,
+    stop: StopRequest,
+) -> Result<u64> {
+    let options = args.check_options(config, quiet, stop.clone())?;
+    crate::paths::refuse_collisions(&args.files(config_path))?;
+
+    let out = open_output(args.output.as_deref())?;
+    // The check labels the columns once it knows them all: discovery adds
+    // the shards' at its start.
+    let reporter = Reporter::new(args.format, out, Vec::new());
+    let result = finish_or_give_up(check::run(config, &options, reporter), stop).await;
+    // Only a run that got to its end counts as one: an interrupted run's
+    // counts are partial, and published they would resolve the alerts of
+    // the last complete run.
+    let complete = result.as_ref().ok().filter(|s| s.interrupted.is_none());
+    if let Some(path) = &args.metrics_file {
+        let written = write_metrics(path, args.partition, complete);
+        if let Err(e) = written {
+            // The check's own outcome matters more than the metrics'.
+            if complete.is_some() {
+                return Err(e);
+            }
+            tracing::error!("{e}");
+        }
+    }
+    let summary = result?;
+    match summary.interrupted {
+        Some(signal) => Err(Error::Interrupted { signal }),
+        None => Ok(summary.findings.total),
+    }
+}
+
+/// `demo`'s settle delay unless one is given: nothing writes to the
+/// fixtures, so confirmation needs no long wait; the reads are the same as
+/// in production.
+const DEMO_SETTLE_DELAY: f64 = 0.5;
+
+/// `demo`: `check` against two throwaway servers loaded with the bundled
+/// fixtures.
+pub async fn demo(args: &CheckArgs, quiet: bool, stop: StopRequest) -> Result<u64> {
+    let mut args = args.clone();
+    args.settings.settle_delay.get_or_insert(DEMO_SETTLE_DELAY);
+    crate::demo::run(async |config| check(config, None, &args, quiet, stop).await).await
+}
+
+/// The metrics file of a run: `complete` is its summary if it got to its
+/// end. A partition's series carry its label.
+fn write_metrics(
+    path: &Path,
+    partition: Option<Partition>,
+    complete: Option<&Summary>,
+) -> Result<()> {
+    let labels: Vec<(String, String)> = partition
+        .map(|p| vec![("partition".to_owned(), p.to_string())])
+        .unwrap_or_default();
+    metrics::write(
+        path,
+        RunMetrics {
+            summary: complete,
+            success: complete.is_some(),
+            finished_at: std::time::SystemTime::now(),
+            last_success: None,
+            labels: &labels,
+        },
+    )
+}
+
+/// How long a stop request may take to be carried out by the check itself
+/// (it saves its checkpoint and prints its summary) before the process
+/// gives up on it: a read stuck on a server that does not answer.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the check; if a stop is asked for and the check has not ended
+/// `STOP_GRACE` later, gives up on it as interrupted (its last periodic
+/// checkpoint stays for `--resume`).
+async fn finish_or_give_up(
+    run: impl std::future::Future<Output = Result<Summary>>,
+    mut stop: StopRequest,
+) -> Result<Summary> {
+    let give_up = async {
+        let signal = stop.requested().await;
+        tokio::time::sleep(STOP_GRACE).await;
+        tracing::error!(
+            "the check did not stop within {} s of {signal} (a server not answering?): giving up",
+            STOP_GRACE.as_secs()
+        );
+        signal
+    };
+    tokio::select! {
+        result = run => result,
+        signal = give_up => Err(Error::Abandoned { signal }),
+    }
+}
+
+/// `doctor`: every readiness check, reported on stdout. Ready is a success;
+/// not ready an error that points at the report.
+pub async fn doctor(config: &Config) -> Result<()> {
+    let ready = {
+        let mut out = std::io::stdout().lock();
+        crate::doctor::run(config, &mut out).await
+    }?;
+    if ready {
+        Ok(())
+    } else {
+        Err(Error::Usage("not ready: see the FAIL lines above".into()))
+    }
+}
+
+/// `repair-sql`: the guarded statements for the findings in `findings`,
+/// written to `output` (stdout when none), and a count of them on stderr
+/// unless `quiet`.
+pub async fn repair_sql(
+    config: &Config,
+    config_path: &Path,
+    findings: &Path,
+    output: Option<&Path>,
+    quiet: bool,
+) -> Result<()> {
+    if let Some(output) = output {
+        crate::paths::refuse_collisions(&[
+            ("--config", config_path),
+            ("--findings", findings),
+            ("--output", output),
+        ])?;
+    }
+    let mut out = open_output(output)?;
+    let stats = crate::repair::run(config, findings, &mut out).await?;
+    out.flush().map_err(|e| Error::Output {
+        path: output.map_or("stdout".into(), |p| p.display().to_string()),
+        reason: e.to_string(),
+    })?;
+    if !quiet {
+        eprintln!(
+            "blobcheck repair-sql: {} guarded UPDATE statements, {} missing blobs (no automatic fix), {} changed since the check, {} resolved",
+            stats.statements, stats.missing, stats.changed, stats.resolved
+        );
+    }
+    Ok(())
+}
+
+/// FILE, or stdout when none is given, buffered. FILE is opened at once
+/// (so that one that cannot be written is named before anything is read)
+/// but emptied only when the run first writes to it: a run that fails
+/// before it reports anything leaves the previous run's findings in place.
+fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
+    Ok(match path {
+        Some(path) => {
+            // `/dev/stdout` and the like name a stream the caller opened
+            // (perhaps `>> app.log`): appended to, never emptied.
+            let stream = path.starts_with("/dev") || path.starts_with("/proc");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .append(stream)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| Error::Output {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            Box::new(std::io::BufWriter::new(EmptiedOnFirstWrite {
+                file,
+                emptied: stream,
+            }))
+        }
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    })
+}
+
+/// A file emptied on the first write or flush, not when it is opened.
+struct EmptiedOnFirstWrite {
+    file: std::fs::File,
+    emptied: bool,
+}
+
+impl EmptiedOnFirstWrite {
+    fn empty_once(&mut self) -> std::io::Result<()> {
+        if !self.emptied {
+            // A pipe or a device cannot be emptied; it holds nothing old.
+            if self.file.metadata()?.is_file() {
+                self.file.set_len(0)?;
+            }
+            self.emptied = true;
+        }
+        Ok(())
+    }
+}
+
+impl Write for EmptiedOnFirstWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.empty_once()?;
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.empty_once()?;
+        self.file.flush()
+    }
+}
