@@ -294,32 +294,9 @@ fn output_error(e: &std::io::Error) -> Error {
     }
 }
 
-/// Every read of a whole check: the scan's, the confirmation's and the
-/// run's own.
-pub trait CheckReads: ScanReads + PointReads + RunReads {}
-
-impl<S: ScanReads + PointReads + RunReads> CheckReads for S {}
-
-async fn run_with_source<S: CheckReads>(
-    config: &Config,
-    options: &CheckOptions,
-    reporter: &mut Reporter,
-    source: &Arc<S>,
-    started: Instant,
-) -> Result<Summary> {
-    let span = source.blob_id_span().await?;
-    let range = match options.scope {
-        Scope::Range(range) => Some(range),
-        Scope::Partition(partition) => {
-            let range = partition.range(span);
-            match range {
-                Some(range) => tracing::info!("partition {partition}: ids {range}"),
-                None => tracing::info!("partition {partition} is empty: nothing to check"),
-            }
-            range
-        }
-    };
-    let mut summary = Summary {
+/// The summary of a run before it has read anything: what it checks, where.
+fn summary_frame(config: &Config, options: &CheckOptions, range: Option<IdRange>) -> Summary {
+    Summary {
         range,
         partition: match options.scope {
             Scope::Partition(partition) => Some(partition.to_string()),
@@ -350,7 +327,50 @@ async fn run_with_source<S: CheckReads>(
             .collect(),
         confirmations: options.confirm.confirmations,
         ..Summary::default()
+    }
+}
+
+/// Counts the NULL and negative references of every column, in batches of
+/// `batch` rows within the rate cap.
+async fn count_unusable<S: RunReads>(
+    source: &S,
+    batch: u64,
+    columns: &mut [ColumnSummary],
+) -> Result<()> {
+    let unusable = source.unusable_counts(batch).await?;
+    for (column, (nulls, negative)) in columns.iter_mut().zip(unusable) {
+        column.nulls = nulls;
+        column.negative = negative;
+    }
+    Ok(())
+}
+
+/// Every read of a whole check: the scan's, the confirmation's and the
+/// run's own.
+pub trait CheckReads: ScanReads + PointReads + RunReads {}
+
+impl<S: ScanReads + PointReads + RunReads> CheckReads for S {}
+
+async fn run_with_source<S: CheckReads>(
+    config: &Config,
+    options: &CheckOptions,
+    reporter: &mut Reporter,
+    source: &Arc<S>,
+    started: Instant,
+) -> Result<Summary> {
+    let span = source.blob_id_span().await?;
+    let range = match options.scope {
+        Scope::Range(range) => Some(range),
+        Scope::Partition(partition) => {
+            let range = partition.range(span);
+            match range {
+                Some(range) => tracing::info!("partition {partition}: ids {range}"),
+                None => tracing::info!("partition {partition} is empty: nothing to check"),
+            }
+            range
+        }
     };
+    let mut summary = summary_frame(config, options, range);
     let Some(range) = range else {
         return Ok(summary);
     };
@@ -363,14 +383,9 @@ async fn run_with_source<S: CheckReads>(
     );
 
     // NULLs and negative values belong to no id: count them in the run (or
-    // the partition) that covers the start of the id space, in batches of
-    // the chunk size within the rate cap.
+    // the partition) that covers the start of the id space.
     if range.start == 0 {
-        let unusable = source.unusable_counts(options.scan.chunk_size).await?;
-        for (column, (nulls, negative)) in summary.columns.iter_mut().zip(unusable) {
-            column.nulls = nulls;
-            column.negative = negative;
-        }
+        count_unusable(&**source, options.scan.chunk_size, &mut summary.columns).await?;
     }
 
     let scope = match options.scope {
@@ -417,18 +432,7 @@ async fn run_with_source<S: CheckReads>(
     }
     result?;
 
-    summary.blob_rows = state.blob_rows;
-    for (column, n) in summary.columns.iter_mut().zip(&state.references) {
-        column.references = *n;
-    }
-    summary.transient = state.transient;
-    summary.watched = state.watched;
-    if matches!(options.scan.method, crate::scan::Method::Sketch { .. }) {
-        summary.sketch = Some(run.sketch.clone());
-    }
-    summary.unsettled = state.unsettled.clone();
-    summary.interrupted = run.interrupted.take();
-    summary.findings = run.reporter.counts().clone();
+    run.fill_summary(&state, &mut summary);
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -515,6 +519,84 @@ impl<S: CheckReads> Run<'_, S> {
         Ok(())
     }
 
+    /// What the run did, into its summary.
+    fn fill_summary(&mut self, state: &Checkpoint, summary: &mut Summary) {
+        summary.blob_rows = state.blob_rows;
+        for (column, n) in summary.columns.iter_mut().zip(&state.references) {
+            column.references = *n;
+        }
+        summary.transient = state.transient;
+        summary.watched = state.watched;
+        if matches!(self.options.scan.method, crate::scan::Method::Sketch { .. }) {
+            summary.sketch = Some(self.sketch.clone());
+        }
+        summary.unsettled = state.unsettled.clone();
+        summary.interrupted = self.interrupted.take();
+        summary.findings = self.reporter.counts().clone();
+    }
+
+    /// Takes one chunk's outcome into the run: counts it, moves the
+    /// checkpoint's position past it, and reports its findings (without
+    /// confirmation) or makes them candidates.
+    async fn take_outcome(&mut self, outcome: ChunkOutcome, state: &mut Checkpoint) -> Result<()> {
+        if !self.options.confirm.enabled() {
+            // Written before the state moves past the chunk: if
+            // writing them fails (an affected-rows read on a lost
+            // server), the checkpoint resumes from the chunk.
+            self.emit(&outcome.findings, state).await?;
+        }
+        match outcome.checked {
+            Checked::Exact => self.sketch.exact += 1,
+            Checked::SketchClean => self.sketch.clean += 1,
+            Checked::SketchLocated => self.sketch.located += 1,
+            Checked::SketchRows => self.sketch.partly_rows += 1,
+        }
+        state.blob_rows = state.blob_rows.saturating_add(outcome.blobs);
+        let mut rows = outcome.blobs;
+        for (total, n) in state.references.iter_mut().zip(&outcome.references) {
+            *total = total.saturating_add(*n);
+            rows = rows.saturating_add(*n);
+        }
+        state.next_start = outcome
+            .range
+            .end
+            .checked_add(1)
+            .filter(|_| outcome.range.end < state.range.end);
+        self.progress.advance(outcome.range.end, rows);
+        if self.options.confirm.enabled() {
+            let mut candidates = outcome.findings;
+            candidates.extend(outcome.watch);
+            candidates.sort_by_key(|f| f.blob_id);
+            self.add_candidates(candidates, outcome.read_at);
+        }
+        Ok(())
+    }
+
+    /// Takes a finished confirmation wave into the run: reports what it
+    /// confirmed, then counts the rest.
+    async fn take_wave(&mut self, outcome: WaveOutcome, state: &mut Checkpoint) -> Result<()> {
+        // Reported before the wave leaves the pending candidates:
+        // if that fails, the checkpoint still holds them all.
+        self.emit(&outcome.confirmed, state).await?;
+        self.waves.pop_front();
+        state.transient = state.transient.saturating_add(outcome.transient);
+        state.watched = state.watched.saturating_add(outcome.watched);
+        if !outcome.unsettled.is_empty() {
+            tracing::warn!(
+                "{} candidates kept changing through every confirmation read and are not reported (ids {:?}{})",
+                outcome.unsettled.len(),
+                &outcome.unsettled[..outcome.unsettled.len().min(10)],
+                if outcome.unsettled.len() > 10 {
+                    ", …"
+                } else {
+                    ""
+                }
+            );
+        }
+        state.unsettled.extend(outcome.unsettled);
+        Ok(())
+    }
+
     /// Runs the scan and the confirmations to the end. On failure the
     /// checkpoint is saved first, so a resume loses nothing.
     async fn drive(&mut self, state: &mut Checkpoint) -> Result<()> {
@@ -588,38 +670,7 @@ impl<S: CheckReads> Run<'_, S> {
                     self.interrupted = Some(reason);
                     return Ok(());
                 }
-                Event::Outcome(Some(outcome)) => {
-                    if !self.options.confirm.enabled() {
-                        // Written before the state moves past the chunk: if
-                        // writing them fails (an affected-rows read on a lost
-                        // server), the checkpoint resumes from the chunk.
-                        self.emit(&outcome.findings, state).await?;
-                    }
-                    match outcome.checked {
-                        Checked::Exact => self.sketch.exact += 1,
-                        Checked::SketchClean => self.sketch.clean += 1,
-                        Checked::SketchLocated => self.sketch.located += 1,
-                        Checked::SketchRows => self.sketch.partly_rows += 1,
-                    }
-                    state.blob_rows = state.blob_rows.saturating_add(outcome.blobs);
-                    let mut rows = outcome.blobs;
-                    for (total, n) in state.references.iter_mut().zip(&outcome.references) {
-                        *total = total.saturating_add(*n);
-                        rows = rows.saturating_add(*n);
-                    }
-                    state.next_start = outcome
-                        .range
-                        .end
-                        .checked_add(1)
-                        .filter(|_| outcome.range.end < state.range.end);
-                    self.progress.advance(outcome.range.end, rows);
-                    if self.options.confirm.enabled() {
-                        let mut candidates = outcome.findings;
-                        candidates.extend(outcome.watch);
-                        candidates.sort_by_key(|f| f.blob_id);
-                        self.add_candidates(candidates, outcome.read_at);
-                    }
-                }
+                Event::Outcome(Some(outcome)) => self.take_outcome(outcome, state).await?,
                 Event::Outcome(None) => {
                     // The scan has ended: it covered its range, or failed.
                     scan_done = true;
@@ -629,28 +680,7 @@ impl<S: CheckReads> Run<'_, S> {
                         })??;
                     }
                 }
-                Event::Wave(outcome) => {
-                    let outcome = outcome?;
-                    // Reported before the wave leaves the pending candidates:
-                    // if that fails, the checkpoint still holds them all.
-                    self.emit(&outcome.confirmed, state).await?;
-                    self.waves.pop_front();
-                    state.transient = state.transient.saturating_add(outcome.transient);
-                    state.watched = state.watched.saturating_add(outcome.watched);
-                    if !outcome.unsettled.is_empty() {
-                        tracing::warn!(
-                            "{} candidates kept changing through every confirmation read and are not reported (ids {:?}{})",
-                            outcome.unsettled.len(),
-                            &outcome.unsettled[..outcome.unsettled.len().min(10)],
-                            if outcome.unsettled.len() > 10 {
-                                ", …"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                    state.unsettled.extend(outcome.unsettled);
-                }
+                Event::Wave(outcome) => self.take_wave(outcome?, state).await?,
                 Event::OpenWaveDue => self.launch_open_wave(),
                 Event::CheckpointDue => self.save_checkpoint(state)?,
             }

@@ -176,7 +176,7 @@ impl DbSource {
             schema,
             retry_for: Duration::from_secs(300),
             throttle: Throttle::unlimited(),
-            protocol: Protocol::from_env(),
+            protocol: Protocol::Binary,
         }
     }
 
