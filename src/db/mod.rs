@@ -1,6 +1,7 @@
 //! The database side: connections, the schema checks made before a scan, the
-//! SQL the scan runs, and [`DbSource`], which answers the scan's batches from
-//! the servers.
+//! SQL the check runs, and [`DbSource`], which answers the read seam
+//! (`crate::read`) from the servers. Only this module knows SQL text and
+//! MySQL error codes.
 //!
 //! Every session is read-only and READ COMMITTED; no statement locks or
 //! writes. All identifiers come from [`crate::config`] already validated and
@@ -12,8 +13,8 @@
 //!   and `doctor` share, and what it yields ([`Schema`], [`ReferenceScan`],
 //!   [`BlobScan`], [`ServerIdent`]);
 //! - `sql`: the text of every query (`*_sql`, `*_statement`);
-//! - `source`: [`DbSource`] (retries, permits, timeouts, decoding) and
-//!   [`Protocol`];
+//! - `source`: [`DbSource`] (`open`, retries, permits, timeouts, decoding)
+//!   and [`Protocol`];
 //! - [`dialect`]: what differs between MySQL 5.7/8.x and MariaDB, and the
 //!   statements whose answers are parsed (`SHOW GRANTS`).
 
