@@ -1910,33 +1910,36 @@ fn step(t: &mut Instant, what: &str) -> f64 {
     s
 }
 
+/// The bench's phases, timed one after the other: each lasts from the end
+/// of the one before to its `step`.
+struct Phases {
+    started: Instant,
+    done: Vec<(String, f64)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            started: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `name`, saying `what` was done.
+    fn step(&mut self, name: &str, what: &str) {
+        let secs = step(&mut self.started, what);
+        self.done.push((name.into(), secs));
+    }
+}
+
 fn run(args: Args) -> Result<bool, String> {
     let bin = blobcheck_binary(&args)?;
     let mut launchers = vec![Launcher::start()?];
-    let n = args.blobs as usize;
     let shards = args.shards;
     let labels = labels(shards);
     let total = Instant::now();
-    let mut t = Instant::now();
-    let mut phase: Vec<(String, f64)> = Vec::new();
-
-    // Work directory.
-    let mut tmp = None;
-    let workdir = match &args.workdir {
-        Some(d) => {
-            fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-            d.canonicalize().map_err(|e| e.to_string())?
-        }
-        None => {
-            let dir = tempfile::Builder::new()
-                .prefix("bcbench-")
-                .tempdir_in("/tmp")
-                .map_err(|e| e.to_string())?;
-            let path = dir.path().to_path_buf();
-            tmp = Some(dir);
-            path
-        }
-    };
+    let mut phases = Phases::start();
+    let (workdir, mut tmp) = work_directory(&args)?;
     eprintln!(
         "scale: {} blobs, {shards} shard(s), seed {}; files in {}; timing {}",
         human(args.blobs),
@@ -1946,19 +1949,148 @@ fn run(args: Args) -> Result<bool, String> {
     );
 
     // 1. Generate.
-    let data = generate(n, shards, args.seed);
+    let (data, generated) = generate_data(&args, &labels, &workdir, &mut phases);
+    // 2. Files.
+    let files = write_files(&workdir, data, shards, &mut phases)?;
+    // 3. Servers, loaded in parallel (one loader per server).
+    let (mut servers, load_secs) = start_and_load(&args, &files, &workdir, &mut phases)?;
+    let version = servers[0]
+        .query("SELECT VERSION()")
+        .ok()
+        .and_then(|r| r.first().and_then(|r| r.first()).cloned())
+        .unwrap_or_default();
+    let config = write_config(&workdir, &servers, &labels, shards)?;
+
+    // 4. Floor.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let floor = Floor::explained(&args, &servers)?;
+    let server_refs: Vec<&Sandbox> = servers.iter().collect();
+    floor.measure(&rt, &server_refs)?; // warm-up
+    let mut floor_passes = Vec::new();
+    for _ in 0..3 {
+        floor_passes.push(floor.measure(&rt, &server_refs)?);
+    }
+    phases.step("floor (warm-up + timed)", "floor measured");
+    let stream = stream_floor(&servers, floor.quiet_wait);
+    phases.step("stream floor", "stream floor measured");
+
+    // 5. blobcheck runs.
+    let server_names: Vec<String> = servers.iter().map(|s| s.name().to_string()).collect();
+    let output = workdir.join("findings.jsonl");
+    let (results, all_ok) = blobcheck_runs(
+        &args,
+        &mut launchers,
+        &bin,
+        &config,
+        &output,
+        &server_refs,
+        &generated.truth,
+        floor.quiet_wait,
+    )?;
+    phases.step("blobcheck runs", "blobcheck runs done");
+    for _ in 0..2 {
+        floor_passes.push(floor.measure(&rt, &server_refs)?);
+    }
+    hold_servers(&args, &servers, &config, &workdir);
+
+    // 6. Single query.
+    let single = if args.blobs <= args.single_query_max {
+        Some(single_query(
+            &args,
+            &mut servers,
+            &files,
+            &workdir,
+            &rt,
+            &generated.truth,
+            &mut phases,
+        )?)
+    } else {
+        None
+    };
+
+    // 7. Report.
+    let md = report(&Report {
+        args: &args,
+        bin: &bin,
+        version: &version,
+        generated: &generated,
+        files: &files,
+        phases: &phases.done,
+        load_secs: &load_secs,
+        floor_passes: &floor_passes,
+        stream: &stream,
+        results: &results,
+        server_names: &server_names,
+        single: single.as_ref(),
+        all_ok,
+        total,
+    });
+    println!("{md}");
+    let _ = fs::write(workdir.join("results.md"), &md);
+
+    keep_or_clean(&args, &servers, &mut tmp, &workdir);
+    drop(servers);
+    drop(tmp);
+    Ok(all_ok)
+}
+
+/// `--workdir`, or a fresh temporary directory (returned too: it is removed
+/// when dropped).
+fn work_directory(args: &Args) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    Ok(match &args.workdir {
+        Some(d) => {
+            fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            (d.canonicalize().map_err(|e| e.to_string())?, None)
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("bcbench-")
+                .tempdir_in("/tmp")
+                .map_err(|e| e.to_string())?;
+            (dir.path().to_path_buf(), Some(dir))
+        }
+    })
+}
+
+/// What the report says of the generated data, with its ground truth.
+struct Generated {
+    truth: Vec<Expect>,
+    /// Findings of the ground truth per kind.
+    kinds: BTreeMap<String, u64>,
+    ref_rows: u64,
+    /// Blobs with a stored count of 1.
+    ones: usize,
+    stored_sum: u64,
+    max_stored: u64,
+    /// The largest blob id below 2^63.
+    span: u64,
+    rows_per_table: Vec<(String, u64)>,
+}
+
+/// Phase 1: the data, its ground truth (also written to `truth.txt`), and
+/// the facts about it the report gives.
+fn generate_data(
+    args: &Args,
+    labels: &[String],
+    workdir: &Path,
+    phases: &mut Phases,
+) -> (Data, Generated) {
+    let data = generate(args.blobs as usize, args.shards, args.seed);
     let ref_rows = data.reference_rows();
-    phase.push(("generate".into(), step(&mut t, "generated")));
-    let truth = ground_truth(&data, &labels);
-    phase.push(("ground truth".into(), step(&mut t, "ground truth computed")));
+    phases.step("generate", "generated");
+    let truth = ground_truth(&data, labels);
+    phases.step("ground truth", "ground truth computed");
     let mut truth_file = String::new();
     for e in &truth {
         let _ = writeln!(truth_file, "{e:?}");
     }
     let _ = fs::write(workdir.join("truth.txt"), truth_file);
-    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     for e in &truth {
-        *kinds.entry(e.kind.as_str()).or_default() += 1;
+        *kinds.entry(e.kind.clone()).or_default() += 1;
     }
     let ones = data.blobs.iter().filter(|b| b.1 == 1).count();
     let stored_sum: u64 = data.blobs.iter().map(|b| b.1).sum();
@@ -1988,8 +2120,38 @@ fn run(args: Args) -> Result<bool, String> {
         rows_per_table.push((format!("shard{s} ContactData"), sh.contact.len() as u64));
         rows_per_table.push((format!("shard{s} MessageData"), sh.messages.len() as u64));
     }
+    let generated = Generated {
+        truth,
+        kinds,
+        ref_rows,
+        ones,
+        stored_sum,
+        max_stored,
+        span,
+        rows_per_table,
+    };
+    (data, generated)
+}
 
-    // 2. Files.
+/// The TSV files of every server, and what the later phases need of the
+/// data once it is dropped.
+struct Files {
+    gdir: PathBuf,
+    sdirs: Vec<PathBuf>,
+    gsize: u64,
+    ssizes: Vec<u64>,
+    blob_count: u64,
+    heavy: Vec<u64>,
+    injected: BTreeMap<&'static str, u64>,
+}
+
+/// Phase 2: the TSV files; the data is dropped before the phase ends.
+fn write_files(
+    workdir: &Path,
+    data: Data,
+    shards: usize,
+    phases: &mut Phases,
+) -> Result<Files, String> {
     let gdir = workdir.join("global");
     write_global(&gdir, &data).map_err(|e| format!("writing {}: {e}", gdir.display()))?;
     let sdirs: Vec<PathBuf> = (1..=shards)
@@ -2004,17 +2166,44 @@ fn run(args: Args) -> Result<bool, String> {
     let heavy = data.heavy.clone();
     let injected = data.injected.clone();
     drop(data);
-    phase.push(("write TSV".into(), step(&mut t, "TSV files written")));
+    phases.step("write TSV", "TSV files written");
+    Ok(Files {
+        gdir,
+        sdirs,
+        gsize,
+        ssizes,
+        blob_count,
+        heavy,
+        injected,
+    })
+}
 
-    // 3. Servers, loaded in parallel (one loader per server).
-    let pool = |bytes: u64| {
-        args.buffer_pool
-            .clone()
-            .unwrap_or_else(|| buffer_pool_for(bytes))
-    };
+/// The buffer pool of a server loaded with `bytes` of TSV files.
+fn buffer_pool(args: &Args, bytes: u64) -> String {
+    args.buffer_pool
+        .clone()
+        .unwrap_or_else(|| buffer_pool_for(bytes))
+}
+
+/// The servers, with the seconds each one's LOAD DATA took.
+type Loaded = (Vec<Sandbox>, Vec<(String, f64)>);
+
+/// Phase 3: the global server and one per shard, started and loaded in
+/// parallel (one loader per server), their dirty pages flushed. Returns
+/// them with the seconds each LOAD DATA took.
+fn start_and_load(
+    args: &Args,
+    files: &Files,
+    workdir: &Path,
+    phases: &mut Phases,
+) -> Result<Loaded, String> {
     let mut loaders = Vec::new();
     {
-        let (g, p, w) = (gdir.clone(), pool(gsize), workdir.clone());
+        let (g, p, w) = (
+            files.gdir.clone(),
+            buffer_pool(args, files.gsize),
+            workdir.to_path_buf(),
+        );
         loaders.push(std::thread::spawn(
             move || -> Result<(Sandbox, f64), String> {
                 let sb = start_server("global", &p, &w)?;
@@ -2027,8 +2216,12 @@ fn run(args: Args) -> Result<bool, String> {
             },
         ));
     }
-    for (s, d) in sdirs.iter().enumerate() {
-        let (d, p, w) = (d.clone(), pool(ssizes[s]), workdir.clone());
+    for (s, d) in files.sdirs.iter().enumerate() {
+        let (d, p, w) = (
+            d.clone(),
+            buffer_pool(args, files.ssizes[s]),
+            workdir.to_path_buf(),
+        );
         let name = format!("shard{}", s + 1);
         loaders.push(std::thread::spawn(
             move || -> Result<(Sandbox, f64), String> {
@@ -2061,26 +2254,24 @@ fn run(args: Args) -> Result<bool, String> {
     if let Some(e) = failure {
         return Err(e);
     }
-    phase.push((
-        "start + LOAD DATA".into(),
-        step(&mut t, "servers started and loaded"),
-    ));
+    phases.step("start + LOAD DATA", "servers started and loaded");
     for sb in &servers {
         settle(sb)?;
     }
-    phase.push((
-        "flush dirty pages".into(),
-        step(&mut t, "dirty pages flushed"),
-    ));
-    let version = servers[0]
-        .query("SELECT VERSION()")
-        .ok()
-        .and_then(|r| r.first().and_then(|r| r.first()).cloned())
-        .unwrap_or_default();
+    phases.step("flush dirty pages", "dirty pages flushed");
+    Ok((servers, load_secs))
+}
 
-    // Config for blobcheck.
+/// blobcheck's configuration for `servers`, written to
+/// `workdir/blobcheck.toml`.
+fn write_config(
+    workdir: &Path,
+    servers: &[Sandbox],
+    labels: &[String],
+    shards: usize,
+) -> Result<PathBuf, String> {
     let mut toml = String::new();
-    for sb in &servers {
+    for sb in servers {
         let _ = writeln!(
             toml,
             "[servers.{}]\nurl = \"{}\"\npassword_env = \"BLOBCHECK_BENCH_PASSWORD\"\n",
@@ -2114,54 +2305,69 @@ fn run(args: Args) -> Result<bool, String> {
     }
     let config = workdir.join("blobcheck.toml");
     fs::write(&config, &toml).map_err(|e| e.to_string())?;
+    Ok(config)
+}
 
-    // 4. Floor.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut floor_sets = Vec::new();
-    for sb in &servers {
-        let mut q = if sb.name() == "global" {
-            floor_queries("ProtonMailGlobal", &[])
-        } else {
-            floor_queries("", &["ProtonMailShard".to_string()])
-        };
-        explain_floor(sb, &mut q, args.floor_check)?;
-        floor_sets.push((sb.root_url(), sb.name().to_string(), q));
-    }
-    let quiet_wait = Duration::from_secs(args.quiet_wait);
-    let server_refs: Vec<&Sandbox> = servers.iter().collect();
-    // One pass over every floor query; also returns the CPU seconds the rest
-    // of the machine used meanwhile.
-    let measure_floor = |rt: &tokio::runtime::Runtime| -> Result<(Vec<FloorItem>, f64), String> {
-        if !quiet_wait.is_zero() {
-            wait_quiet(quiet_wait);
+/// (label, SQL, index) of each floor query of a server.
+type FloorQueries = Vec<(String, String, String)>;
+
+/// Phase 4: the floor queries of every server, checked with EXPLAIN to use
+/// their index.
+struct Floor {
+    /// (root URL, server name, queries as `floor_queries` gives them) per
+    /// server.
+    sets: Vec<(String, String, FloorQueries)>,
+    /// `--quiet-wait`: how long to wait for a quiet machine before a
+    /// measurement (0: do not wait).
+    quiet_wait: Duration,
+}
+
+impl Floor {
+    fn explained(args: &Args, servers: &[Sandbox]) -> Result<Floor, String> {
+        let mut sets = Vec::new();
+        for sb in servers {
+            let mut q = if sb.name() == "global" {
+                floor_queries("ProtonMailGlobal", &[])
+            } else {
+                floor_queries("", &["ProtonMailShard".to_string()])
+            };
+            explain_floor(sb, &mut q, args.floor_check)?;
+            sets.push((sb.root_url(), sb.name().to_string(), q));
         }
-        let (b0, s0) = (machine_busy(), servers_cpu(&server_refs));
+        Ok(Floor {
+            sets,
+            quiet_wait: Duration::from_secs(args.quiet_wait),
+        })
+    }
+
+    /// One pass over every floor query; also returns the CPU seconds the
+    /// rest of the machine used meanwhile.
+    fn measure(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        servers: &[&Sandbox],
+    ) -> Result<(Vec<FloorItem>, f64), String> {
+        if !self.quiet_wait.is_zero() {
+            wait_quiet(self.quiet_wait);
+        }
+        let (b0, s0) = (machine_busy(), servers_cpu(servers));
         let mut items = Vec::new();
-        for (url, name, q) in &floor_sets {
+        for (url, name, q) in &self.sets {
             items.extend(rt.block_on(time_floor(url, name, q))?);
         }
         let busy = machine_busy().saturating_sub(b0).as_secs_f64();
-        let server = servers_cpu(&server_refs).saturating_sub(s0).as_secs_f64();
+        let server = servers_cpu(servers).saturating_sub(s0).as_secs_f64();
         Ok((items, (busy - server).max(0.0)))
-    };
-    measure_floor(&rt)?; // warm-up
-    let mut floor_passes = Vec::new();
-    for _ in 0..3 {
-        floor_passes.push(measure_floor(&rt)?);
     }
-    phase.push((
-        "floor (warm-up + timed)".into(),
-        step(&mut t, "floor measured"),
-    ));
+}
 
-    // The cost of streaming every row blobcheck needs to a lean C client:
-    // the blob table's (id, count) and each column's (id, COUNT(*)) grouped,
-    // whole tables at once, read by `mariadb --quick` into /dev/null.
+/// The cost of streaming every row blobcheck needs to a lean C client:
+/// the blob table's (id, count) and each column's (id, COUNT(*)) grouped,
+/// whole tables at once, read by `mariadb --quick` into /dev/null. The
+/// best of 2 per query, as (server and what, seconds).
+fn stream_floor(servers: &[Sandbox], quiet_wait: Duration) -> Vec<(String, f64)> {
     let mut stream: Vec<(String, f64)> = Vec::new();
-    for sb in &servers {
+    for sb in servers {
         let sqls: Vec<(String, String)> = if sb.name() == "global" {
             let mut v = vec![(
                 "BlobStorage (id, count)".to_string(),
@@ -2214,14 +2420,27 @@ fn run(args: Args) -> Result<bool, String> {
             stream.push((format!("{} {what}", sb.name()), best));
         }
     }
-    let stream_total: f64 = stream.iter().map(|s| s.1).sum();
-    phase.push(("stream floor".into(), step(&mut t, "stream floor measured")));
+    stream
+}
 
-    // 5. blobcheck runs.
-    let refs: Vec<&Sandbox> = servers.iter().collect();
-    let server_names: Vec<String> = servers.iter().map(|s| s.name().to_string()).collect();
-    let output = workdir.join("findings.jsonl");
-    let mut results: Vec<(String, Vec<RunResult>)> = Vec::new();
+/// The runs of one setting, named by its arguments.
+type SettingRuns = (String, Vec<RunResult>);
+
+/// Phase 5: every setting, `--runs` times, each run's line printed as it
+/// ends. Returns the runs, and whether every run's findings equal the
+/// ground truth.
+#[allow(clippy::too_many_arguments)]
+fn blobcheck_runs(
+    args: &Args,
+    launchers: &mut Vec<Launcher>,
+    bin: &Path,
+    config: &Path,
+    output: &Path,
+    servers: &[&Sandbox],
+    truth: &[Expect],
+    quiet_wait: Duration,
+) -> Result<(Vec<SettingRuns>, bool), String> {
+    let mut results: Vec<SettingRuns> = Vec::new();
     let mut all_ok = true;
     for setting in &args.settings {
         let mut rs = Vec::new();
@@ -2231,15 +2450,15 @@ fn run(args: Args) -> Result<bool, String> {
             }
             let (parts, env, blobcheck_args) = parse_setting(setting)?;
             let res = run_blobcheck(
-                &mut launchers,
+                launchers,
                 parts,
                 &env,
-                &bin,
-                &config,
-                &output,
+                bin,
+                config,
+                output,
                 blobcheck_args,
-                &refs,
-                &truth,
+                servers,
+                truth,
             )?;
             eprintln!(
                 "  blobcheck {:<32} run {}: {:7.3} s, RSS {:6} MB, client CPU {:6.2} s, server CPU {:6.2} s, other CPU {:5.2} s, {} findings{}",
@@ -2267,156 +2486,223 @@ fn run(args: Args) -> Result<bool, String> {
         }
         results.push((setting.join(" "), rs));
     }
-    phase.push(("blobcheck runs".into(), step(&mut t, "blobcheck runs done")));
-    for _ in 0..2 {
-        floor_passes.push(measure_floor(&rt)?);
-    }
-    let pass_sums: Vec<f64> = floor_passes
-        .iter()
-        .map(|p| p.0.iter().map(|f| f.secs).sum())
-        .collect();
-    let best_pass = (0..pass_sums.len())
-        .min_by(|&a, &b| pass_sums[a].total_cmp(&pass_sums[b]))
-        .unwrap();
-    let floor = pass_sums[best_pass];
-    let floor_best = &floor_passes[best_pass].0;
+    Ok((results, all_ok))
+}
 
-    if args.hold > 0 {
+/// `--hold`: keeps the servers up for that long (or until `workdir/stop`
+/// exists), for a person to look at them.
+fn hold_servers(args: &Args, servers: &[Sandbox], config: &Path, workdir: &Path) {
+    if args.hold == 0 {
+        return;
+    }
+    eprintln!(
+        "scale: holding the servers for {} s (config {}):",
+        args.hold,
+        config.display()
+    );
+    for sb in servers {
         eprintln!(
-            "scale: holding the servers for {} s (config {}):",
-            args.hold,
-            config.display()
+            "  {} at {} (socket {}, pid {:?})",
+            sb.name(),
+            sb.root_url(),
+            sb.socket().display(),
+            sb.pid()
         );
-        for sb in &servers {
-            eprintln!(
-                "  {} at {} (socket {}, pid {:?})",
-                sb.name(),
-                sb.root_url(),
-                sb.socket().display(),
-                sb.pid()
-            );
-        }
-        let stop = workdir.join("stop");
-        eprintln!("  (touch {} to stop holding)", stop.display());
-        let until = Instant::now() + Duration::from_secs(args.hold);
-        while Instant::now() < until && !stop.exists() {
-            std::thread::sleep(Duration::from_millis(500));
-        }
     }
+    let stop = workdir.join("stop");
+    eprintln!("  (touch {} to stop holding)", stop.display());
+    let until = Instant::now() + Duration::from_secs(args.hold);
+    while Instant::now() < until && !stop.exists() {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
 
-    // 6. Single query.
-    // (seconds, rows, differences from the ground truth), or why it failed.
-    type SingleResult = Result<(f64, usize, Vec<String>), String>;
-    let mut single: Option<SingleResult> = None;
-    let mut combined_floor = None;
-    if args.blobs <= args.single_query_max {
-        // Stop the split servers first: their memory and CPU are not needed any more.
-        servers.clear();
-        let total_bytes = gsize + ssizes.iter().sum::<u64>();
-        let sb = start_server("combined", &pool(total_bytes), &workdir)?;
-        sb.run_sql(&global_load_sql(&gdir, "ProtonMailGlobal"))
-            .map_err(|e| format!("loading combined: {e}"))?;
-        let shard_dbs: Vec<String> = (1..=shards)
-            .map(|s| {
-                if shards == 1 {
-                    "ProtonMailShard".to_string()
-                } else {
-                    format!("ProtonMailShard{s}")
-                }
-            })
-            .collect();
-        for (s, d) in sdirs.iter().enumerate() {
-            sb.run_sql(&shard_load_sql(d, &shard_dbs[s]))
-                .map_err(|e| format!("loading combined: {e}"))?;
-        }
-        settle(&sb)?;
-        phase.push((
-            "single-query server load".into(),
-            step(&mut t, "combined server loaded"),
-        ));
-        let mut q = floor_queries("ProtonMailGlobal", &shard_dbs);
-        explain_floor(&sb, &mut q, args.floor_check)?;
-        let url = sb.root_url();
-        rt.block_on(time_floor(&url, "combined", &q))?;
-        let mut cf = f64::MAX;
-        for _ in 0..3 {
-            if !quiet_wait.is_zero() {
-                wait_quiet(quiet_wait);
+/// (seconds, rows, differences from the ground truth), or why it failed.
+type SingleResult = Result<(f64, usize, Vec<String>), String>;
+
+/// Phase 6's outcome: the single query's, and the floor measured on its
+/// server.
+struct Single {
+    result: SingleResult,
+    combined_floor: f64,
+}
+
+/// Phase 6: every database on one server (the split servers are stopped
+/// first: their memory and CPU are not needed any more), its floor, and the
+/// single query, compared with the ground truth.
+fn single_query(
+    args: &Args,
+    servers: &mut Vec<Sandbox>,
+    files: &Files,
+    workdir: &Path,
+    rt: &tokio::runtime::Runtime,
+    truth: &[Expect],
+    phases: &mut Phases,
+) -> Result<Single, String> {
+    let shards = args.shards;
+    let quiet_wait = Duration::from_secs(args.quiet_wait);
+    servers.clear();
+    let total_bytes = files.gsize + files.ssizes.iter().sum::<u64>();
+    let sb = start_server("combined", &buffer_pool(args, total_bytes), workdir)?;
+    sb.run_sql(&global_load_sql(&files.gdir, "ProtonMailGlobal"))
+        .map_err(|e| format!("loading combined: {e}"))?;
+    let shard_dbs: Vec<String> = (1..=shards)
+        .map(|s| {
+            if shards == 1 {
+                "ProtonMailShard".to_string()
+            } else {
+                format!("ProtonMailShard{s}")
             }
-            let pass = rt.block_on(time_floor(&url, "combined", &q))?;
-            cf = cf.min(pass.iter().map(|f| f.secs).sum::<f64>());
-        }
-        combined_floor = Some(cf);
-        let sql = single_query_sql("ProtonMailGlobal", &shard_dbs, args.single_query_timeout);
-        let _ = fs::write(workdir.join("single-query.sql"), &sql);
+        })
+        .collect();
+    for (s, d) in files.sdirs.iter().enumerate() {
+        sb.run_sql(&shard_load_sql(d, &shard_dbs[s]))
+            .map_err(|e| format!("loading combined: {e}"))?;
+    }
+    settle(&sb)?;
+    phases.step("single-query server load", "combined server loaded");
+    let mut q = floor_queries("ProtonMailGlobal", &shard_dbs);
+    explain_floor(&sb, &mut q, args.floor_check)?;
+    let url = sb.root_url();
+    rt.block_on(time_floor(&url, "combined", &q))?;
+    let mut cf = f64::MAX;
+    for _ in 0..3 {
         if !quiet_wait.is_zero() {
             wait_quiet(quiet_wait);
         }
-        let before = servers_cpu(&[&sb]);
-        let busy0 = machine_busy();
-        let r = rt.block_on(time_single_query(&url, &sql));
-        let cpu = servers_cpu(&[&sb]).saturating_sub(before).as_secs_f64();
-        let other = (machine_busy().saturating_sub(busy0).as_secs_f64() - cpu).max(0.0);
-        single = Some(r.map(|(secs, got)| {
-            let mut t2 = truth.clone();
-            for e in &mut t2 {
-                e.references.clear();
-            }
-            let problems = compare(&got, &t2, false);
-            eprintln!(
-                "  single query: {secs:.3} s (server CPU {cpu:.2} s, other processes {other:.2} CPU s), {} rows",
-                got.len()
-            );
-            (secs, got.len(), problems)
-        }));
-        if let Some(Ok((_, _, p))) = &single
-            && !p.is_empty()
-        {
-            eprintln!("  single query result differs from the ground truth:");
-            for x in p.iter().take(10) {
-                eprintln!("    {x}");
-            }
+        let pass = rt.block_on(time_floor(&url, "combined", &q))?;
+        cf = cf.min(pass.iter().map(|f| f.secs).sum::<f64>());
+    }
+    let sql = single_query_sql("ProtonMailGlobal", &shard_dbs, args.single_query_timeout);
+    let _ = fs::write(workdir.join("single-query.sql"), &sql);
+    if !quiet_wait.is_zero() {
+        wait_quiet(quiet_wait);
+    }
+    let before = servers_cpu(&[&sb]);
+    let busy0 = machine_busy();
+    let r = rt.block_on(time_single_query(&url, &sql));
+    let cpu = servers_cpu(&[&sb]).saturating_sub(before).as_secs_f64();
+    let other = (machine_busy().saturating_sub(busy0).as_secs_f64() - cpu).max(0.0);
+    let single = r.map(|(secs, got)| {
+        let mut t2 = truth.to_vec();
+        for e in &mut t2 {
+            e.references.clear();
         }
-        phase.push(("single query".into(), step(&mut t, "single query timed")));
-        drop(sb);
+        let problems = compare(&got, &t2, false);
+        eprintln!(
+            "  single query: {secs:.3} s (server CPU {cpu:.2} s, other processes {other:.2} CPU s), {} rows",
+            got.len()
+        );
+        (secs, got.len(), problems)
+    });
+    if let Ok((_, _, p)) = &single
+        && !p.is_empty()
+    {
+        eprintln!("  single query result differs from the ground truth:");
+        for x in p.iter().take(10) {
+            eprintln!("    {x}");
+        }
+    }
+    phases.step("single query", "single query timed");
+    drop(sb);
+    Ok(Single {
+        result: single,
+        combined_floor: cf,
+    })
+}
+
+/// Everything the report gives.
+struct Report<'a> {
+    args: &'a Args,
+    bin: &'a Path,
+    version: &'a str,
+    generated: &'a Generated,
+    files: &'a Files,
+    phases: &'a [(String, f64)],
+    load_secs: &'a [(String, f64)],
+    /// Every timed floor pass, with the CPU seconds the rest of the machine
+    /// used meanwhile.
+    floor_passes: &'a [(Vec<FloorItem>, f64)],
+    stream: &'a [(String, f64)],
+    results: &'a [SettingRuns],
+    server_names: &'a [String],
+    /// `None` when skipped.
+    single: Option<&'a Single>,
+    all_ok: bool,
+    /// When the bench started.
+    total: Instant,
+}
+
+impl Report<'_> {
+    /// Each floor pass's total seconds.
+    fn pass_sums(&self) -> Vec<f64> {
+        self.floor_passes
+            .iter()
+            .map(|p| p.0.iter().map(|f| f.secs).sum())
+            .collect()
     }
 
-    // 7. Report.
+    /// The fastest floor pass: its index and total seconds, the floor.
+    fn fastest_pass(&self) -> (usize, f64) {
+        let pass_sums = self.pass_sums();
+        let best_pass = (0..pass_sums.len())
+            .min_by(|&a, &b| pass_sums[a].total_cmp(&pass_sums[b]))
+            .unwrap();
+        (best_pass, pass_sums[best_pass])
+    }
+}
+
+/// Phase 7: the results as Markdown, as BENCHMARKS.md keeps them.
+fn report(r: &Report) -> String {
     let mut md = String::new();
+    report_data(&mut md, r);
+    report_floor(&mut md, r);
+    let (best, peak) = report_runs(&mut md, r);
+    report_single(&mut md, r);
+    report_targets(&mut md, r, best, peak);
+    md
+}
+
+/// The machine, the data, the injected faults, the ground truth and the
+/// phases' times.
+fn report_data(md: &mut String, r: &Report) {
+    let (args, g, files) = (r.args, r.generated, r.files);
     let _ = writeln!(
         md,
-        "\n## Results: {} blobs, {shards} shard(s), seed {}\n",
+        "\n## Results: {} blobs, {} shard(s), seed {}\n",
         human(args.blobs),
+        args.shards,
         args.seed
     );
     let _ = writeln!(md, "| machine | |\n| --- | --- |");
     for (k, v) in machine() {
         let _ = writeln!(md, "| {k} | {v} |");
     }
-    let _ = writeln!(md, "| MariaDB | {version} |");
-    let _ = writeln!(md, "| blobcheck | `{}` |", bin.display());
+    let _ = writeln!(md, "| MariaDB | {} |", r.version);
+    let _ = writeln!(md, "| blobcheck | `{}` |", r.bin.display());
     let _ = writeln!(
         md,
         "\nData: {} blob rows ({} with NumReferences = 1, {:.2}%; max {}; sum {}), {} reference rows ({:.2} per blob), ids up to {} plus {} above 2^63; heavy blobs (intended counts): {:?}.",
-        human(blob_count),
-        human(ones as u64),
-        100.0 * ones as f64 / blob_count as f64,
-        human(max_stored),
-        human(stored_sum),
-        human(ref_rows),
-        ref_rows as f64 / blob_count as f64,
-        human(span),
+        human(files.blob_count),
+        human(g.ones as u64),
+        100.0 * g.ones as f64 / files.blob_count as f64,
+        human(g.max_stored),
+        human(g.stored_sum),
+        human(g.ref_rows),
+        g.ref_rows as f64 / files.blob_count as f64,
+        human(g.span),
         (args.blobs / 100_000).clamp(3, args.blobs / 2),
-        heavy
+        files.heavy
     );
     let _ = writeln!(md, "\n| table | rows |\n| --- | ---: |");
-    for (k, v) in &rows_per_table {
+    for (k, v) in &g.rows_per_table {
         let _ = writeln!(md, "| {k} | {} |", human(*v));
     }
     let _ = writeln!(
         md,
         "\nInjected faults: {}.",
-        injected
+        files
+            .injected
             .iter()
             .map(|(k, v)| format!("{k}: {v}"))
             .collect::<Vec<_>>()
@@ -2425,26 +2711,33 @@ fn run(args: Args) -> Result<bool, String> {
     let _ = writeln!(
         md,
         "Ground truth (brute force over the generated rows): {} findings ({}).",
-        truth.len(),
-        kinds
+        g.truth.len(),
+        g.kinds
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
     let _ = writeln!(md, "\n| phase | seconds |\n| --- | ---: |");
-    for (k, v) in &phase {
+    for (k, v) in r.phases {
         let _ = writeln!(md, "| {k} | {v:.1} |");
     }
-    for (name, secs) in &load_secs {
+    for (name, secs) in r.load_secs {
         let _ = writeln!(md, "| LOAD DATA {name} | {secs:.1} |");
     }
+}
+
+/// The fastest floor pass, query by query, and the streaming floor.
+fn report_floor(md: &mut String, r: &Report) {
+    let pass_sums = r.pass_sums();
+    let (best_pass, floor) = r.fastest_pass();
+    let floor_best = &r.floor_passes[best_pass].0;
     let _ = writeln!(
         md,
         "\nFloor (index-only scans, one after the other, warm): the fastest of 5 passes (3 before, 2 after the blobcheck runs; their sums: {}):\n",
         pass_sums
             .iter()
-            .zip(&floor_passes)
+            .zip(r.floor_passes)
             .map(|(s, p)| format!("{s:.3} s (other processes {:.2} CPU s)", p.1))
             .collect::<Vec<_>>()
             .join(", ")
@@ -2469,20 +2762,27 @@ fn run(args: Args) -> Result<bool, String> {
         "\nFloor queries: `` {} ``, and `SELECT COUNT(col) FROM t FORCE INDEX (col)` for each reference column.",
         floor_best.first().map(|f| f.sql.as_str()).unwrap_or("")
     );
+    let stream_total: f64 = r.stream.iter().map(|s| s.1).sum();
     let _ = writeln!(
         md,
         "\nStreaming floor: every row the check needs, whole tables at once (`SELECT id, count … ORDER BY id`, `SELECT col, COUNT(*) … GROUP BY col`), read over TCP by `mariadb --quick` into /dev/null, one after the other, best of 2: **{stream_total:.3} s** = {:.2}× the floor ({}).",
         stream_total / floor,
-        stream
+        r.stream
             .iter()
             .map(|(w, s)| format!("{w} {s:.3}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+/// A table row per setting, and the server CPU per server. Returns the
+/// best wall time and the peak RSS of all runs.
+fn report_runs(md: &mut String, r: &Report) -> (f64, u64) {
+    let (_, floor) = r.fastest_pass();
     let _ = writeln!(
         md,
         "\nblobcheck ({} runs per setting; CPU seconds, queries, rows and MB the servers sent are medians per run; peak RSS is the largest of the runs):\n",
-        args.runs
+        r.args.runs
     );
     let _ = writeln!(
         md,
@@ -2494,7 +2794,7 @@ fn run(args: Args) -> Result<bool, String> {
     );
     let mut best = f64::MAX;
     let mut peak = 0u64;
-    for (name, rs) in &results {
+    for (name, rs) in r.results {
         let mut walls: Vec<f64> = rs.iter().map(|r| r.wall).collect();
         let min = walls.iter().cloned().fold(f64::MAX, f64::min);
         let med = median(&mut walls);
@@ -2526,11 +2826,11 @@ fn run(args: Args) -> Result<bool, String> {
     let _ = writeln!(
         md,
         "\nServer CPU seconds per server (median per run):\n\n| setting | {} |\n| --- |{}",
-        server_names.join(" | "),
-        " ---: |".repeat(server_names.len())
+        r.server_names.join(" | "),
+        " ---: |".repeat(r.server_names.len())
     );
-    for (name, rs) in &results {
-        let cells: Vec<String> = (0..server_names.len())
+    for (name, rs) in r.results {
+        let cells: Vec<String> = (0..r.server_names.len())
             .map(|i| {
                 let mut v: Vec<f64> = rs
                     .iter()
@@ -2541,14 +2841,24 @@ fn run(args: Args) -> Result<bool, String> {
             .collect();
         let _ = writeln!(md, "| `{name}` | {} |", cells.join(" | "));
     }
-    match &single {
-        Some(Ok((secs, rows, problems))) => {
+    (best, peak)
+}
+
+/// The single query against the floor, or why there is none.
+fn report_single(md: &mut String, r: &Report) {
+    let (_, floor) = r.fastest_pass();
+    let args = r.args;
+    match r.single {
+        Some(Single {
+            result: Ok((secs, rows, problems)),
+            combined_floor,
+        }) => {
             let _ = writeln!(
                 md,
                 "\nSingle query (all databases on one server, default tmp_table_size): {secs:.3} s = {:.1}× the floor ({:.1}× the floor measured on that server, {:.3} s); {rows} rows, {}.",
                 secs / floor,
-                secs / combined_floor.unwrap_or(floor),
-                combined_floor.unwrap_or(0.0),
+                secs / combined_floor,
+                combined_floor,
                 if problems.is_empty() {
                     "equal to the ground truth".to_string()
                 } else {
@@ -2556,7 +2866,7 @@ fn run(args: Args) -> Result<bool, String> {
                 }
             );
         }
-        Some(Err(e)) => {
+        Some(Single { result: Err(e), .. }) => {
             let _ = writeln!(
                 md,
                 "\nSingle query: failed or timed out after {} s: {e}",
@@ -2572,6 +2882,12 @@ fn run(args: Args) -> Result<bool, String> {
             );
         }
     }
+}
+
+/// The targets against the best wall time and the peak RSS, and the total
+/// time of the bench.
+fn report_targets(md: &mut String, r: &Report, best: f64, peak: u64) {
+    let (_, floor) = r.fastest_pass();
     let _ = writeln!(
         md,
         "\nTargets: best wall time {best:.3} s = {:.2}× the floor (target ≤ 2×: {}); peak RSS {} MB (target ≤ 64 MB: {}); findings {}.",
@@ -2583,7 +2899,7 @@ fn run(args: Args) -> Result<bool, String> {
         },
         mb(peak),
         if peak <= 64 * 1024 { "met" } else { "NOT met" },
-        if all_ok {
+        if r.all_ok {
             "exactly equal to the ground truth in every run"
         } else {
             "NOT equal to the ground truth (see above)"
@@ -2592,15 +2908,22 @@ fn run(args: Args) -> Result<bool, String> {
     let _ = writeln!(
         md,
         "\nTotal bench time: {:.0} s.",
-        total.elapsed().as_secs_f64()
+        r.total.elapsed().as_secs_f64()
     );
-    println!("{md}");
-    let _ = fs::write(workdir.join("results.md"), &md);
+}
 
+/// `--keep`: the work directory stays, and on a terminal the servers too
+/// until Enter; `--workdir`: the generated files stay.
+fn keep_or_clean(
+    args: &Args,
+    servers: &[Sandbox],
+    tmp: &mut Option<tempfile::TempDir>,
+    workdir: &Path,
+) {
     if args.keep {
         eprintln!("scale: kept {}", workdir.display());
         if !servers.is_empty() && std::io::stdin().is_terminal() {
-            for sb in &servers {
+            for sb in servers {
                 eprintln!(
                     "  {} at {} (socket {})",
                     sb.name(),
@@ -2621,7 +2944,4 @@ fn run(args: Args) -> Result<bool, String> {
             workdir.display()
         );
     }
-    drop(servers);
-    drop(tmp);
-    Ok(all_ok)
 }
