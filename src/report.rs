@@ -2,6 +2,7 @@
 //! of a run. Findings are written as they arrive, so a long run shows its
 //! first findings early and memory does not grow with their number.
 
+use std::fmt::{self, Write as _};
 use std::io::Write;
 use std::time::Duration;
 
@@ -373,70 +374,92 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The summary of a run as people read it: one line per part, then the
+/// result.
 pub fn summary_text(summary: &Summary) -> String {
-    use std::fmt::Write as _;
     let mut s = String::new();
-    let f = &summary.findings;
-    let _ = writeln!(s, "Summary");
+    // Writing to a String never fails.
+    let _ = write_summary(&mut s, summary);
+    s
+}
+
+fn write_summary(s: &mut String, summary: &Summary) -> fmt::Result {
+    writeln!(s, "Summary")?;
+    write_scope(s, summary)?;
+    write_columns(s, &summary.columns)?;
+    write_findings(s, &summary.findings)?;
+    write_checking(s, summary)?;
+    write_run(s, summary)?;
+    write_result(s, summary)
+}
+
+/// What was checked: the id range (and partition), the servers, the blob
+/// table.
+fn write_scope(s: &mut String, summary: &Summary) -> fmt::Result {
     match (&summary.partition, summary.range) {
         (Some(partition), Some(range)) => {
-            let _ = writeln!(s, "  id range     {range} (partition {partition})");
+            writeln!(s, "  id range     {range} (partition {partition})")?;
         }
         (Some(partition), None) => {
-            let _ = writeln!(s, "  id range     none: partition {partition} is empty");
+            writeln!(s, "  id range     none: partition {partition} is empty")?;
         }
         (None, Some(range)) => {
-            let _ = writeln!(s, "  id range     {range}");
+            writeln!(s, "  id range     {range}")?;
         }
         (None, None) => {}
     }
-    let _ = writeln!(s, "  servers      {}", summary.servers.join(", "));
-    let _ = writeln!(
+    writeln!(s, "  servers      {}", summary.servers.join(", "))?;
+    writeln!(
         s,
         "  blob rows    {} in {}",
         thousands(summary.blob_rows),
         summary.blob_table
-    );
-    let references: u64 = summary.columns.iter().map(|c| c.references).sum();
-    let _ = writeln!(
+    )
+}
+
+/// The references counted, in all and per column, with the NULL and
+/// negative values each column held.
+fn write_columns(s: &mut String, columns: &[ColumnSummary]) -> fmt::Result {
+    let references: u64 = columns.iter().map(|c| c.references).sum();
+    writeln!(
         s,
         "  references   {} in {} columns",
         thousands(references),
-        summary.columns.len()
-    );
-    let width = summary
-        .columns
-        .iter()
-        .map(|c| c.label.len())
-        .max()
-        .unwrap_or(0);
-    for column in &summary.columns {
-        let _ = write!(
+        columns.len()
+    )?;
+    let width = columns.iter().map(|c| c.label.len()).max().unwrap_or(0);
+    for column in columns {
+        write!(
             s,
             "    {:<width$}  {:>13}",
             column.label,
             thousands(column.references)
-        );
+        )?;
         match (column.nulls, column.negative) {
             (0, 0) => {}
             (nulls, 0) => {
-                let _ = write!(s, "  (+{} NULL, not references)", thousands(nulls));
+                write!(s, "  (+{} NULL, not references)", thousands(nulls))?;
             }
             (0, negative) => {
-                let _ = write!(s, "  (+{} negative, not references)", thousands(negative));
+                write!(s, "  (+{} negative, not references)", thousands(negative))?;
             }
             (nulls, negative) => {
-                let _ = write!(
+                write!(
                     s,
                     "  (+{} NULL and {} negative, not references)",
                     thousands(nulls),
                     thousands(negative)
-                );
+                )?;
             }
         }
-        let _ = writeln!(s);
+        writeln!(s)?;
     }
-    let _ = writeln!(
+    Ok(())
+}
+
+/// The findings by kind and by severity.
+fn write_findings(s: &mut String, f: &FindingCounts) -> fmt::Result {
+    writeln!(
         s,
         "  findings     {}: count_mismatch too low {} (stored 0: {}), too high {}; missing_blob {}; orphan_blob {}",
         thousands(f.total),
@@ -445,35 +468,40 @@ pub fn summary_text(summary: &Summary) -> String {
         thousands(f.count_mismatch_too_high),
         thousands(f.missing_blob),
         thousands(f.orphan_blob),
-    );
-    let _ = writeln!(
+    )?;
+    writeln!(
         s,
         "  severity     critical {}, error {}, warning {}",
         thousands(f.critical),
         thousands(f.error),
         thousands(f.warning)
-    );
+    )
+}
+
+/// How the findings were checked: the confirmation, the sketch's chunks,
+/// and the candidates that never settled.
+fn write_checking(s: &mut String, summary: &Summary) -> fmt::Result {
     if summary.confirmations > 0 {
-        let _ = writeln!(
+        writeln!(
             s,
             "  confirmed    each finding read again by id, {} times in agreement, a settle delay apart; {} candidates were changes in flight (transient), {} never settled; {} busy blobs re-read and consistent",
             crate::confirm::agreeing(summary.confirmations),
             thousands(summary.transient),
             thousands(summary.unsettled.len() as u64),
             thousands(summary.watched)
-        );
+        )?;
     } else {
-        let _ = writeln!(s, "  confirmed    no: single pass (--confirmations 0)");
+        writeln!(s, "  confirmed    no: single pass (--confirmations 0)")?;
     }
     if let Some(sketch) = &summary.sketch {
-        let _ = writeln!(
+        writeln!(
             s,
             "  method       sketch: {} chunks consistent by their sums, {} with their inconsistencies located by them, {} read in part row by row, {} read row by row",
             thousands(sketch.clean),
             thousands(sketch.located),
             thousands(sketch.partly_rows),
             thousands(sketch.exact)
-        );
+        )?;
     }
     if !summary.unsettled.is_empty() {
         let shown: Vec<String> = summary
@@ -482,7 +510,7 @@ pub fn summary_text(summary: &Summary) -> String {
             .take(20)
             .map(u64::to_string)
             .collect();
-        let _ = writeln!(
+        writeln!(
             s,
             "  unsettled    {}{} (kept changing; not reported; check again later)",
             shown.join(", "),
@@ -491,25 +519,35 @@ pub fn summary_text(summary: &Summary) -> String {
             } else {
                 ""
             }
-        );
+        )?;
     }
+    Ok(())
+}
+
+/// How the run began and how long it took.
+fn write_run(s: &mut String, summary: &Summary) -> fmt::Result {
     if let Some(start) = summary.start {
-        let _ = writeln!(s, "  run          {}", start.describe());
+        writeln!(s, "  run          {}", start.describe())?;
     }
     if summary.throttled_seconds >= 0.1 {
-        let _ = writeln!(
+        writeln!(
             s,
             "  throttled    {}",
             format_duration(Duration::from_secs_f64(summary.throttled_seconds))
-        );
+        )?;
     }
-    let _ = writeln!(
+    writeln!(
         s,
         "  time         {}",
         format_duration(Duration::from_secs_f64(summary.seconds))
-    );
+    )
+}
+
+/// The last line, after why the run stopped early if it did.
+fn write_result(s: &mut String, summary: &Summary) -> fmt::Result {
+    let f = &summary.findings;
     if let Some(reason) = &summary.interrupted {
-        let _ = writeln!(
+        writeln!(
             s,
             "  interrupted  by {reason}: stopped before the end; {}",
             if summary.start.is_some() {
@@ -517,24 +555,23 @@ pub fn summary_text(summary: &Summary) -> String {
             } else {
                 "without --checkpoint, run it again from the start"
             }
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             s,
             "Result: incomplete (interrupted): {} inconsistencies so far ({} critical).",
             thousands(f.total),
             thousands(f.critical)
-        );
+        )
     } else if f.total == 0 {
-        let _ = writeln!(s, "Result: consistent, no findings.");
+        writeln!(s, "Result: consistent, no findings.")
     } else {
-        let _ = writeln!(
+        writeln!(
             s,
             "Result: {} inconsistencies ({} critical).",
             thousands(f.total),
             thousands(f.critical)
-        );
+        )
     }
-    s
 }
 
 pub fn format_duration(d: Duration) -> String {

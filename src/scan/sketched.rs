@@ -171,6 +171,71 @@ async fn settle<S: ScanReads + PointReads>(
     Ok(settled)
 }
 
+/// The probes of a range for the first id past `row_bound` rows of a table
+/// (`ScanReads::sketch_cut`): which tables were probed, and where each cut.
+struct Probes {
+    /// Whether the blob table was probed: it holds one row per id, so it
+    /// cannot hold more rows than the span, and is probed only where the
+    /// span exceeds the bound.
+    blobs: bool,
+    /// Whether the reference columns were probed: a column can hold any
+    /// number of rows in a span, so they are probed whenever there is a
+    /// bound.
+    references: bool,
+    /// Per table probed (the blob table first, then the columns in order),
+    /// the first id past the bound, if any.
+    cuts: Vec<Option<u64>>,
+}
+
+impl Probes {
+    /// Probes the tables of `range` that may hold more than `row_bound`
+    /// rows in it. No bound: a span the chunks before it back needs no
+    /// probe, as a probe reads what the sum reads again.
+    async fn read<S: ScanReads>(
+        source: &S,
+        range: IdRange,
+        row_bound: Option<u64>,
+    ) -> Result<Probes> {
+        let blobs = row_bound.is_some_and(|bound| span_of(range) > bound);
+        let references = row_bound.is_some();
+        let cuts = try_join_all(
+            blobs
+                .then_some(None)
+                .into_iter()
+                .chain((0..source.column_count()).filter(|_| references).map(Some))
+                .map(|table| source.sketch_cut(table, range, row_bound.unwrap_or(u64::MAX))),
+        )
+        .await?;
+        Ok(Probes {
+            blobs,
+            references,
+            cuts,
+        })
+    }
+
+    /// The earliest id past the bound in any table.
+    fn cut(&self) -> Option<u64> {
+        self.cuts.iter().flatten().min().copied()
+    }
+
+    /// The rows the probes read, given the rows the sums of the (cut)
+    /// range read: a probe that found no cut read at least what its table's
+    /// sum read (the whole range, where nothing was cut).
+    fn rows_read(&self, blob_rows: u64, column_rows: &[u64]) -> u64 {
+        let probed_rows = self
+            .blobs
+            .then_some(blob_rows)
+            .into_iter()
+            .chain(column_rows.iter().copied().filter(|_| self.references));
+        self.cuts
+            .iter()
+            .zip(probed_rows)
+            .filter(|(cut, _)| cut.is_none())
+            .map(|(_, rows)| rows)
+            .sum()
+    }
+}
+
 /// Checks `range` by its sketch (see `sketch`): pieces the sums do not
 /// settle are halved and sketched again, ids they locate are read exactly,
 /// and what is left is read row by row. Where a sum is too large to trust,
@@ -187,25 +252,9 @@ pub(super) async fn sketch_range<S: ScanReads + PointReads>(
     if span_of(range) > sketch::MAX_SPAN {
         return fallback().await;
     }
-    // Where every table holds at most `row_bound` rows: the blob table
-    // (one row per id) cannot hold more than the span, a reference column
-    // can, so it is always probed. A span the chunks before it back needs
-    // no probe: a probe reads what the sum reads again.
-    let probe_blobs = row_bound.is_some_and(|bound| span_of(range) > bound);
-    let probe_references = row_bound.is_some();
-    let cuts = try_join_all(
-        probe_blobs
-            .then_some(None)
-            .into_iter()
-            .chain(
-                (0..source.column_count())
-                    .filter(|_| probe_references)
-                    .map(Some),
-            )
-            .map(|table| source.sketch_cut(table, range, row_bound.unwrap_or(u64::MAX))),
-    )
-    .await?;
-    let (range, rest) = match cuts.iter().flatten().min().copied() {
+    // Where every table holds at most `row_bound` rows.
+    let probes = Probes::read(source, range, row_bound).await?;
+    let (range, rest) = match probes.cut() {
         // One id holds more rows than the bound: read as the exact method
         // reads it, the rest sketched again.
         Some(cut) if cut <= range.start => return fallback().await,
@@ -222,21 +271,27 @@ pub(super) async fn sketch_range<S: ScanReads + PointReads>(
     let Some((top, columns)) = sketch_moments(source, range).await? else {
         return fallback().await;
     };
-    // A probe that found no cut read at least what its table's sum read
-    // (the whole range, where nothing was cut); the sketch counts that.
-    let probed_rows = probe_blobs
-        .then_some(top.blobs.rows)
-        .into_iter()
-        .chain(columns.iter().copied().filter(|_| probe_references));
-    let probed: u64 = cuts
-        .iter()
-        .zip(probed_rows)
-        .filter(|(cut, _)| cut.is_none())
-        .map(|(_, rows)| rows)
-        .sum();
-    source.probed(probed).await;
+    source
+        .probed(probes.rows_read(top.blobs.rows, &columns))
+        .await;
+    let outcome =
+        settle_outcome(source, top, columns, limit, hot_threshold, split_min_rows).await?;
+    Ok((outcome, rest))
+}
+
+/// The outcome of a sketched range from its sums (`top`, with the
+/// references counted per column): what `settle` locates is read exactly,
+/// what it leaves unsettled is read row by row.
+async fn settle_outcome<S: ScanReads + PointReads>(
+    source: &S,
+    top: Piece,
+    columns: Vec<u64>,
+    limit: u64,
+    hot_threshold: u64,
+    split_min_rows: u64,
+) -> Result<ChunkOutcome> {
     let mut outcome = ChunkOutcome {
-        range,
+        range: top.range,
         findings: Vec::new(),
         blobs: top.blobs.rows,
         references: columns,
@@ -254,14 +309,7 @@ pub(super) async fn sketch_range<S: ScanReads + PointReads>(
         outcome.checked = Checked::SketchLocated;
     }
     if !located.is_empty() {
-        let ids: Vec<u64> = located.iter().map(|&(_, id, _)| id).collect();
-        let reads = read_points(source, &ids).await?;
-        for ((piece, _, difference), read) in located.into_iter().zip(reads) {
-            match located_as(read, difference) {
-                Some(finding) => outcome.findings.push(finding),
-                None => unsettled.push(piece),
-            }
-        }
+        unsettled.extend(read_located(source, located, &mut outcome.findings).await?);
         outcome.checked = Checked::SketchLocated;
     }
     if !unsettled.is_empty() {
@@ -278,5 +326,26 @@ pub(super) async fn sketch_range<S: ScanReads + PointReads>(
         .findings
         .sort_unstable_by_key(|finding| finding.blob_id);
     outcome.read_at = Instant::now();
-    Ok((outcome, rest))
+    Ok(outcome)
+}
+
+/// Reads the ids the sums located (one per piece) with one stable point
+/// read, adding to `findings` each that shows exactly the difference the
+/// sums put on it; returns the pieces of those that did not, to be read
+/// row by row.
+async fn read_located<S: PointReads>(
+    source: &S,
+    located: Vec<(IdRange, u64, i128)>,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<IdRange>> {
+    let ids: Vec<u64> = located.iter().map(|&(_, id, _)| id).collect();
+    let reads = read_points(source, &ids).await?;
+    let mut unsettled = Vec::new();
+    for ((piece, _, difference), read) in located.into_iter().zip(reads) {
+        match located_as(read, difference) {
+            Some(finding) => findings.push(finding),
+            None => unsettled.push(piece),
+        }
+    }
+    Ok(unsettled)
 }
