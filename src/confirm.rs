@@ -67,7 +67,7 @@ pub struct Seen {
     /// `None`: no blob row.
     pub stored: Option<u64>,
     pub actual: u64,
-    /// Which rows referenced the blob (`Source::reference_points`); `None`
+    /// Which rows referenced the blob (`PointReads::reference_points`); `None`
     /// for the scan's read, which does not say.
     pub fingerprint: Option<u64>,
 }

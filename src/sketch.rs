@@ -16,7 +16,7 @@
 //!   Vandermonde matrix has independent columns.
 //! - **One nonzero difference explains them** (`D₁ = D₀·t`, `D₂ = D₀·t²`):
 //!   the id at `lo + t` is a candidate, and the scan reads it exactly
-//!   (`confirm::read_points`, the stable point read confirmation uses).
+//!   (`read::read_points`, the stable point read confirmation uses).
 //!   When its real difference is `D₀`, what is left has three zero moments
 //!   (the case above); otherwise the piece is read row by row.
 //! - **Anything else**: two ids with small differences may explain them
