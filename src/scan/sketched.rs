@@ -267,9 +267,12 @@ pub(super) async fn sketch_range<S: ScanReads + PointReads>(
         ),
         None => (range, Vec::new()),
     };
-    let fallback = || exact_part(source, range, limit, hot_threshold);
     let Some((top, columns)) = sketch_moments(source, range).await? else {
-        return fallback().await;
+        // A sum too large to trust: the first chunk read exactly, the rest
+        // of the cut range and everything past the cut handed back.
+        let (outcome, mut more) = exact_part(source, range, limit, hot_threshold).await?;
+        more.extend(rest);
+        return Ok((outcome, more));
     };
     source
         .probed(probes.rows_read(top.blobs.rows, &columns))

@@ -558,3 +558,38 @@ fn empty_tables_scan_the_whole_range_once() {
     assert_eq!(ranges, vec![IdRange::ALL]);
     assert_eq!(blobs, 0);
 }
+
+/// A range cut before the row bound whose sums are then too large to
+/// trust is read exactly, and what lies past the cut is still scanned:
+/// the outcomes reach the end of the id space and the findings are those
+/// of brute force.
+#[test]
+fn a_cut_range_with_sums_too_large_still_hands_back_the_rest() {
+    let mut blobs: BTreeMap<u64, u64> = (1..300u64).map(|id| (id, 1)).collect();
+    blobs.extend((200_000..260_000u64).map(|id| (id, 1)));
+    let references = blobs.clone();
+    // Stored counts whose sums reach `sketch::EXACT_LIMIT` all over the
+    // dense region, where the spans grown over the gap are cut.
+    for id in (200_000..260_000u64).step_by(97) {
+        blobs.insert(id, sketch::EXACT_LIMIT as u64);
+    }
+    let columns = vec![references];
+    let expected = crate::merge::tests::brute_force(&blobs, &columns);
+    let source = Arc::new(source(&blobs, &columns));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let options = ScanOptions {
+        method: Method::Sketch { target_rows: 256 },
+        ..ScanOptions::fixed(500, 3)
+    };
+    let outcomes = collect(&runtime, Arc::clone(&source), IdRange::ALL, options);
+    assert_eq!(outcomes.first().map(|o| o.range.start), Some(0));
+    assert_eq!(outcomes.last().map(|o| o.range.end), Some(u64::MAX));
+    for pair in outcomes.windows(2) {
+        assert_eq!(pair[0].range.end + 1, pair[1].range.start, "contiguous");
+    }
+    let findings: Vec<Finding> = outcomes.into_iter().flat_map(|o| o.findings).collect();
+    assert_eq!(findings.len(), 619);
+    assert_eq!(findings, expected);
+}
