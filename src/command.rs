@@ -136,7 +136,7 @@ pub async fn check(
     let options = args.check_options(config, quiet, stop.clone())?;
     crate::paths::refuse_collisions(&args.files(config_path))?;
 
-    let out = open_output(args.output.as_deref())?;
+    let out = open_output(args.output.as_deref(), Lines::Blocks)?;
     // The check labels the columns once it knows them all: discovery adds
     // the shards' at its start.
     let reporter = Reporter::new(args.format, out, Vec::new());
@@ -255,7 +255,8 @@ pub async fn repair_sql(
             ("--output", output),
         ])?;
     }
-    let mut out = open_output(output)?;
+    // Whole lines: a plan cut short by a kill ends with a whole statement.
+    let mut out = open_output(output, Lines::Whole)?;
     let stats = crate::repair::run(config, findings, &mut out).await?;
     out.flush().map_err(|e| Error::Output {
         path: output.map_or("stdout".into(), |p| p.display().to_string()),
@@ -270,11 +271,41 @@ pub async fn repair_sql(
     Ok(())
 }
 
-/// FILE, or stdout when none is given, buffered. FILE is opened at once
-/// (so that one that cannot be written is named before anything is read)
-/// but emptied only when the run first writes to it: a run that fails
-/// before it reports anything leaves the previous run's findings in place.
-fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
+/// How an output is buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// In blocks: `check`'s findings, where a line cut by a kill is one a
+    /// reader (`repair-sql`) refuses.
+    Blocks,
+    /// Whole lines: every write the system sees ends at a line end. A
+    /// repair plan cut short by a kill then ends with a whole guarded
+    /// statement, never with an UPDATE cut before its guard (`mysql` runs a
+    /// last statement even without its `;`).
+    Whole,
+}
+
+/// Room for the longest line of a repair plan (a few hundred bytes: names
+/// are at most 64 characters) many times over: a line longer than this
+/// could reach the system in pieces.
+const WHOLE_LINE_CAPACITY: usize = 64 * 1024;
+
+/// `inner` written to in whole lines only (see [`Lines::Whole`]).
+fn whole_lines<W: Write>(inner: W) -> std::io::LineWriter<W> {
+    std::io::LineWriter::with_capacity(WHOLE_LINE_CAPACITY, inner)
+}
+
+/// FILE, or stdout when none is given, buffered as `lines` says. FILE is
+/// opened at once (so that one that cannot be written is named before
+/// anything is read) but emptied only when the run first writes to it: a
+/// run that fails before it reports anything leaves the previous run's
+/// findings in place.
+fn open_output(path: Option<&Path>, lines: Lines) -> Result<Box<dyn Write + Send>> {
+    fn buffered<W: Write + Send + 'static>(inner: W, lines: Lines) -> Box<dyn Write + Send> {
+        match lines {
+            Lines::Blocks => Box::new(std::io::BufWriter::new(inner)),
+            Lines::Whole => Box::new(whole_lines(inner)),
+        }
+    }
     Ok(match path {
         Some(path) => {
             // `/dev/stdout` and the like name a stream the caller opened
@@ -290,12 +321,15 @@ fn open_output(path: Option<&Path>) -> Result<Box<dyn Write + Send>> {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?;
-            Box::new(std::io::BufWriter::new(EmptiedOnFirstWrite {
-                file,
-                emptied: stream,
-            }))
+            buffered(
+                EmptiedOnFirstWrite {
+                    file,
+                    emptied: stream,
+                },
+                lines,
+            )
         }
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        None => buffered(std::io::stdout(), lines),
     })
 }
 
@@ -327,5 +361,67 @@ impl Write for EmptiedOnFirstWrite {
     fn flush(&mut self) -> std::io::Result<()> {
         self.empty_once()?;
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every write call it is given, as given.
+    #[derive(Default)]
+    struct Recorded(Vec<Vec<u8>>);
+
+    impl Write for Recorded {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Writes a small plan piece by piece, as the repair writers do
+    /// (`write!` then `writeln!`), and returns the plan.
+    fn write_plan(out: &mut impl Write) -> String {
+        let mut plan = String::new();
+        for blob in [7u64, u64::MAX, 1 << 63] {
+            let set = format!(
+                "UPDATE `ProtonMailGlobal`.`BlobStorage` SET `NumReferences` = {} ",
+                blob % 5
+            );
+            let guard = format!("WHERE `BlobStorageID` = {blob} AND `NumReferences` = 0;");
+            write!(out, "{set}").unwrap();
+            writeln!(out, "{guard}").unwrap();
+            plan.push_str(&format!("{set}{guard}\n"));
+        }
+        writeln!(out, "-- summary: 3 UPDATE statements").unwrap();
+        plan.push_str("-- summary: 3 UPDATE statements\n");
+        out.flush().unwrap();
+        plan
+    }
+
+    /// Whether every write ends at a line end (a kill between two writes
+    /// leaves whole lines) and together they are `plan`.
+    fn whole(writes: &[Vec<u8>], plan: &str) -> bool {
+        writes.concat() == plan.as_bytes() && writes.iter().all(|w| w.ends_with(b"\n"))
+    }
+
+    /// A repair plan reaches the system in whole lines only; block
+    /// buffering, as `check`'s findings use, would cut them.
+    #[test]
+    fn whole_lines_reach_the_system_only_at_line_ends() {
+        let mut out = whole_lines(Recorded::default());
+        let plan = write_plan(&mut out);
+        let writes = out.into_inner().map_err(|_| ()).unwrap().0;
+        assert!(whole(&writes, &plan), "{writes:?}");
+
+        // The same plan through a small block buffer: some write ends
+        // inside a statement.
+        let mut blocks = std::io::BufWriter::with_capacity(64, Recorded::default());
+        let plan = write_plan(&mut blocks);
+        let writes = blocks.into_inner().map_err(|_| ()).unwrap().0;
+        assert!(!whole(&writes, &plan), "{writes:?}");
     }
 }
