@@ -12,7 +12,8 @@
 //! - `schema`: the per-table and per-column inspection, which [`inspect`]
 //!   and `doctor` share, and what it yields ([`Schema`], [`ReferenceScan`],
 //!   [`BlobScan`], [`ServerIdent`]);
-//! - `sql`: the text of every query (`*_sql`, `*_statement`);
+//! - `sql`: the text of every query (`*_sql`, `*_statement`); only the
+//!   builders other modules run or EXPLAIN are re-exported;
 //! - `source`: [`DbSource`] (`open`, retries, permits, timeouts, decoding)
 //!   and [`Protocol`];
 //! - [`dialect`]: what differs between MySQL 5.7/8.x and MariaDB, and the
@@ -24,21 +25,16 @@ mod schema;
 mod source;
 mod sql;
 
-pub use connect::{
-    DEFAULT_MAX_CONNECTIONS_PER_SERVER, Databases, SESSION_SETUP, address, connect_once,
-};
+pub use connect::{DEFAULT_MAX_CONNECTIONS_PER_SERVER, Databases, address, connect_once};
 pub use schema::{
-    BlobScan, ColumnFacts, ColumnInfo, INTEGER_TYPES, LeadingIndex, ReferenceScan, Schema,
-    ServerIdent, TableLookup, blob_id_index, inspect, integer_columns, leading_indexes,
-    lookup_column, lookup_table, primary_key_columns, tables_in,
+    BlobScan, ColumnFacts, ColumnInfo, LeadingIndex, ReferenceScan, Schema, ServerIdent,
+    TableLookup, blob_id_index, inspect, integer_columns, leading_indexes, lookup_column,
+    lookup_table, primary_key_columns, tables_in,
 };
 pub use source::{DbSource, Protocol};
 pub use sql::{
-    COLUMN_SQL, COLUMN_TYPES_SQL, DATABASE_EXISTS_SQL, LEADING_INDEXES_SQL, MAX_CONNECTIONS_SQL,
-    PRIMARY_KEY_SQL, SSL_CIPHER_SQL, TABLE_EXISTS_SQL, TABLES_IN_SQL, Unusable,
-    VERSION_AND_ACCOUNT_SQL, add_index_sql, affected_rows_sql, blob_batch_sql,
-    blob_batch_statement, blob_id_span_sql, blob_points_sql, blob_sketch_sql,
-    blob_sketch_statement, can_hold, explain_sql, reference_batch_sql, reference_batch_statement,
-    reference_points_sql, reference_sketch_sql, reference_sketch_statement, sketch_cut_sql,
+    MAX_CONNECTIONS_SQL, SSL_CIPHER_SQL, Unusable, VERSION_AND_ACCOUNT_SQL, add_index_sql,
+    affected_rows_sql, blob_batch_sql, blob_id_span_sql, blob_points_sql, blob_sketch_sql,
+    explain_sql, reference_batch_sql, reference_points_sql, reference_sketch_sql, sketch_cut_sql,
     smallest_sql, unusable_batch_sql, unusable_count_sql,
 };
