@@ -224,6 +224,113 @@ async fn finish_or_give_up(
     }
 }
 
+/// The flags of `watch`, as given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Output format of the findings (as `check`'s), each written and flushed as soon as it is confirmed.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Append findings to FILE instead of writing them to stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Keep each server's log position and the ids still waiting in FILE (written atomically every few seconds and at shutdown); a restart resumes from it and misses no change.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Serve /metrics (Prometheus) and /healthz on ADDR, e.g. 127.0.0.1:9187.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The server id the watch registers with as a replica: one no server or replica of the followed servers uses.
+    #[arg(long, value_name = "N", default_value_t = crate::db::binlog::DEFAULT_REPLICATION_SERVER_ID, value_parser = clap::value_parser!(u32).range(1..))]
+    pub server_id: u32,
+    /// Touched ids held in memory at most; past it they are folded into id ranges, scanned in chunks.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_waiting: u64,
+    /// /healthz answers 503 when a stream is more than SECS behind its server's log.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub max_behind: u64,
+    #[command(flatten)]
+    pub settings: Overrides,
+}
+
+/// How often the watch saves its state file.
+const STATE_INTERVAL: Duration = Duration::from_secs(3);
+
+impl WatchArgs {
+    /// The watch's options, decided once from the configuration's `[check]`
+    /// settings and these flags.
+    pub fn watch_options(
+        &self,
+        config: &Config,
+        config_path: Option<&Path>,
+        stop: StopRequest,
+    ) -> Result<crate::watch::WatchOptions> {
+        let settings = config
+            .check
+            .overridden(&self.settings)
+            .map_err(Error::Usage)?;
+        Ok(crate::watch::WatchOptions {
+            confirm: settings.confirm_options(),
+            scan: settings.scan_options(),
+            retry_for: settings.retry_for(),
+            max_connections_per_server: settings.max_connections_per_server,
+            affected_rows: settings.affected_rows,
+            max_waiting: self.max_waiting as usize,
+            state: self.state.clone(),
+            state_interval: STATE_INTERVAL,
+            listen: self.listen,
+            replication_server_id: self.server_id,
+            max_behind: Duration::from_secs(self.max_behind),
+            config_path: config_path.map(Path::to_path_buf),
+            stop: Some(stop),
+        })
+    }
+}
+
+/// `watch`: follows every server's binary log until a signal, then saves
+/// the state. Returns the number of findings reported.
+pub async fn watch(
+    config: &Config,
+    config_path: Option<&Path>,
+    args: &WatchArgs,
+    stop: StopRequest,
+) -> Result<u64> {
+    let options = args.watch_options(config, config_path, stop)?;
+    let files: Vec<(&'static str, &Path)> = [
+        ("--config", config_path),
+        ("--output", args.output.as_deref()),
+        ("--state", args.state.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(option, path)| path.map(|path| (option, path)))
+    .collect();
+    crate::paths::refuse_collisions(&files)?;
+    let out: Box<dyn Write + Send> = match &args.output {
+        // Appended to: a restarted watch keeps what it found before.
+        Some(path) => Box::new(whole_lines(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| Error::Output {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?,
+        )),
+        None => Box::new(whole_lines(std::io::stdout())),
+    };
+    let reporter = Reporter::new(args.format, out, Vec::new());
+    let summary = crate::watch::run(config, &options, reporter).await?;
+    tracing::info!(
+        "watch stopped after {:.0} s: {} events, {} touched ids, {} judged, {} findings",
+        summary.seconds,
+        summary.events,
+        summary.touched,
+        summary.judged,
+        summary.findings
+    );
+    Ok(summary.findings)
+}
+
 /// `doctor`: every readiness check, reported on stdout. Ready is a success;
 /// not ready an error that points at the report.
 pub async fn doctor(config: &Config) -> Result<()> {

@@ -29,6 +29,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A server is not set up for `watch` (binary log, grants, server id).
+    #[error("server `{server}`: {reason}")]
+    Prerequisite { server: String, reason: String },
+
     #[error("cannot write {path}: {reason}")]
     Output { path: String, reason: String },
 

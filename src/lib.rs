@@ -28,6 +28,7 @@ pub mod sandbox;
 pub mod scan;
 pub mod sketch;
 pub mod throttle;
+pub mod watch;
 
 /// Exit status: the check ran and found nothing.
 pub const EXIT_CONSISTENT: i32 = 0;

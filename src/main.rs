@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use blobcheck::check;
-use blobcheck::command::{self, CheckArgs};
+use blobcheck::command::{self, CheckArgs, WatchArgs};
 use blobcheck::config::Config;
 use blobcheck::error::Error;
 use blobcheck::{EXIT_CONSISTENT, EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED};
@@ -47,6 +47,14 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         args: CheckArgs,
+    },
+    /// Follow every server's binary log and judge each blob a change touches, seconds after the change; runs until SIGTERM or SIGINT, then saves its state and exits 0.
+    Watch {
+        /// The TOML configuration.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: WatchArgs,
     },
     /// Start two throwaway MariaDB servers, load the bundled fixtures, check them, clean up.
     Demo {
@@ -196,6 +204,13 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             let config = Config::load(&path)?;
             let stop = stop_on_signals(&runtime)?;
             runtime.block_on(command::check(&config, Some(&path), &args, quiet, stop))
+        }
+        Command::Watch { config: path, args } => {
+            let config = Config::load(&path)?;
+            let stop = stop_on_signals(&runtime)?;
+            runtime.block_on(command::watch(&config, Some(&path), &args, stop))?;
+            // Stopped by a signal, as a service is: a success.
+            Ok(0)
         }
         Command::Demo { args } => {
             let stop = stop_on_signals(&runtime)?;

@@ -234,6 +234,66 @@ impl<'a> JsonFinding<'a> {
     }
 }
 
+/// Where a finding of `watch` came from: the change that last touched the
+/// blob before it was found, and when.
+#[derive(Debug, Clone, Serialize)]
+pub struct Origin {
+    /// When the change was committed (UTC, RFC 3339), if known: ids left
+    /// waiting by a previous run have no change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
+    pub detected_at: String,
+    /// Seconds from the commit to the finding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeNote>,
+}
+
+/// The change itself: the server, its log coordinates (`file:position`),
+/// its GTID, and the statement's text where the server logs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeNote {
+    pub server: String,
+    pub binlog: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonWatchFinding<'a> {
+    #[serde(flatten)]
+    finding: JsonFinding<'a>,
+    #[serde(flatten)]
+    origin: &'a Origin,
+}
+
+/// The UTC time of a Unix timestamp, RFC 3339 with seconds
+/// (`2026-12-02T01:02:03Z`), or with milliseconds when `millis`.
+pub fn utc_text(unix: f64, millis: bool) -> String {
+    let whole = unix.floor() as i64;
+    let (days, secs) = (whole.div_euclid(86_400), whole.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (secs / 3_600, secs % 3_600 / 60, secs % 60);
+    if millis {
+        let ms = ((unix - unix.floor()) * 1_000.0).floor() as i64;
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    }
+}
+
 /// Writes findings as they come and the summary at the end.
 pub struct Reporter {
     format: Format,
@@ -321,6 +381,54 @@ impl Reporter {
                 Ok(())
             }
         }
+    }
+
+    /// Writes one finding of `watch` with where it came from, and flushes
+    /// it out at once.
+    pub fn watch_finding(
+        &mut self,
+        finding: &Finding,
+        affected: &[AffectedRow],
+        origin: &Origin,
+    ) -> std::io::Result<()> {
+        match self.format {
+            Format::Json => {
+                self.counts.add(finding);
+                let line = JsonWatchFinding {
+                    finding: JsonFinding::new(finding, &self.labels, affected),
+                    origin,
+                };
+                serde_json::to_writer(&mut self.out, &line)?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Text => {
+                self.finding(finding, affected)?;
+                let mut line = format!("{:>66}", "");
+                match (&origin.changed_at, &origin.change) {
+                    (Some(at), Some(change)) => {
+                        line.push_str(&format!(
+                            "changed {at} on {} at {}",
+                            change.server, change.binlog
+                        ));
+                        if let Some(gtid) = &change.gtid {
+                            line.push_str(&format!(" (GTID {gtid})"));
+                        }
+                        if let Some(latency) = origin.latency_seconds {
+                            line.push_str(&format!(", found {latency:.1} s later"));
+                        }
+                        if let Some(statement) = &change.statement {
+                            line.push_str(&format!(": {}", crate::error::one_line(statement)));
+                        }
+                    }
+                    _ => line.push_str(&format!(
+                        "found {} (touched before the watch restarted)",
+                        origin.detected_at
+                    )),
+                }
+                writeln!(self.out, "{line}")?;
+            }
+        }
+        self.out.flush()
     }
 
     /// Writes the summary: after the findings in text mode, to stderr in
@@ -581,6 +689,18 @@ pub fn format_duration(d: Duration) -> String {
     } else {
         let total = d.as_secs();
         format!("{}h{:02}m{:02}s", total / 3600, total / 60 % 60, total % 60)
+    }
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::utc_text;
+
+    #[test]
+    fn utc_text_is_rfc3339() {
+        assert_eq!(utc_text(0.0, false), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_text(951_782_400.0, false), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_text(1_796_173_323.25, true), "2026-12-02T01:02:03.250Z");
     }
 }
 

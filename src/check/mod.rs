@@ -68,9 +68,17 @@ impl StopRequest {
     /// Waits until a stop is asked for (at once if it already was); never
     /// returns if the sender is gone without asking.
     pub async fn requested(&mut self) -> String {
-        match self.0.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => std::future::pending().await,
+        // The borrow of the value ends before any other wait, so that the
+        // future can move between threads.
+        let reason = self
+            .0
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 }

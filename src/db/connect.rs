@@ -89,6 +89,31 @@ fn ssl_opts(tls: &Tls) -> Option<SslOpts> {
     }
 }
 
+/// One connection of its own to `server` (no pool), within the connect
+/// timeout: for a binary-log stream, which keeps its connection for good.
+pub async fn replication_conn(server: &Server) -> Result<Conn> {
+    let failed = |reason: String| Error::Connect {
+        server: server.name.clone(),
+        address: address(server),
+        reason,
+    };
+    let opts = Opts::from_url(&server.url).map_err(|e| failed(one_line(e)))?;
+    let mut builder = OptsBuilder::from_opts(opts)
+        .init(SESSION_SETUP.iter().map(|s| s.to_string()).collect())
+        .ssl_opts(ssl_opts(&server.tls));
+    if let Some(password) = &server.password {
+        builder = builder.pass(Some(password.0.clone()));
+    }
+    match tokio::time::timeout(server.connect_timeout, Conn::new(builder)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(failed(one_line(e))),
+        Err(_) => Err(failed(format!(
+            "no answer within {} s",
+            server.connect_timeout.as_secs()
+        ))),
+    }
+}
+
 /// One connection to one server, outside any pool: for the few queries made
 /// before the check's pools exist (shard discovery).
 pub async fn connect_once(server: &Server) -> Result<(Pool, Conn)> {

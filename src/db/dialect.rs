@@ -124,13 +124,15 @@ pub const LAST_ERROR_COLUMNS: [&str; 3] = ["Last_Error", "Last_IO_Error", "Last_
 
 /// Privileges that only read (or only show status): anything else on any
 /// object means the account could write.
-pub const READ_PRIVILEGES: [&str; 9] = [
+pub const READ_PRIVILEGES: [&str; 10] = [
     "SELECT",
     "USAGE",
     "SHOW VIEW",
     "SHOW DATABASES",
     "PROCESS",
     "REPLICATION CLIENT",
+    // Reads the binary log (`watch`); writes nothing.
+    "REPLICATION SLAVE",
     "SLAVE MONITOR",
     "BINLOG MONITOR",
     "REPLICA MONITOR",

@@ -16,16 +16,22 @@
 //!   builders other modules run or EXPLAIN are re-exported;
 //! - `source`: [`DbSource`] (`open`, retries, permits, timeouts, decoding)
 //!   and [`Protocol`];
+//! - [`binlog`]: following a server's binary log as a replication client
+//!   ([`binlog::Follower`]), the settings `watch` needs, and the statement
+//!   text of a change;
 //! - [`dialect`]: what differs between MySQL 5.7/8.x and MariaDB, and the
 //!   statements whose answers are parsed (`SHOW GRANTS`).
 
+pub mod binlog;
 mod connect;
 pub mod dialect;
 mod schema;
 mod source;
 mod sql;
 
-pub use connect::{DEFAULT_MAX_CONNECTIONS_PER_SERVER, Databases, address, connect_once};
+pub use connect::{
+    DEFAULT_MAX_CONNECTIONS_PER_SERVER, Databases, address, connect_once, replication_conn,
+};
 pub use schema::{
     BlobScan, ColumnFacts, ColumnInfo, LeadingIndex, ReferenceScan, Schema, ServerIdent,
     TableLookup, blob_id_index, inspect, integer_columns, leading_indexes, lookup_column,

@@ -1,0 +1,992 @@
+//! `blobcheck watch`: follows the binary log of every server the
+//! configuration names and judges the blobs each change touched, seconds
+//! after the change.
+//!
+//! ```text
+//! db::binlog::Follower (one task per server) ──StreamEvent──▶ run loop
+//!                                                              │ touched ids
+//!                                                              ▼
+//!                                       pending (wait --settle-delay, bounded;
+//!                                              overflow → id ranges)
+//!                                                              │ due
+//!                       ┌──────────────────────────────────────┴──────────┐
+//!                       ▼ ids                                    ranges   ▼
+//!   judge: read_points, then confirm::confirm_wave        scan::scan (chunked)
+//!                       │ confirmed                               │ candidates
+//!                       ▼                                         └──▶ judge
+//!   report (with the change: server, coordinates, GTID, statement) + metrics
+//! ```
+//!
+//! The run loop owns all state: the ids waiting, the ids being judged, each
+//! server's place in its log (moved only at transaction ends, after the
+//! transaction's ids were taken in), and what was reported. The state file
+//! is a snapshot of it, so a restart re-reads at most a few seconds of log
+//! and never skips a change. A blob that stays broken is reported once, and
+//! again only when its numbers change or after it was seen consistent.
+
+mod http;
+pub mod metrics;
+mod pending;
+mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::check::StopRequest;
+use crate::config::Config;
+use crate::confirm::{Candidate, ConfirmOptions, confirm_wave};
+use crate::db::DbSource;
+use crate::db::binlog::{
+    self, Change, Coordinates, Follower, REPLICA_HOST_NAME, StreamEvent, StreamFault, Watched,
+    WatchedTable,
+};
+use crate::error::{Error, Result, one_line};
+use crate::finding::{Direction, Finding, Kind};
+use crate::plan::IdRange;
+use crate::read::{RunReads, read_points};
+use crate::report::{ChangeNote, Origin, Reporter, utc_text};
+use crate::scan::{ScanOptions, scan};
+use metrics::{WatchMetrics, unix_seconds};
+use pending::Pending;
+use state::ServerPlace;
+pub use state::WatchState;
+
+/// How the watch runs.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// The confirmation of a touched id; its settle delay is also how long
+    /// a touched id waits before its first read.
+    pub confirm: ConfirmOptions,
+    /// Chunked reads of ranges that hold more touched ids than the bound.
+    pub scan: ScanOptions,
+    pub retry_for: Duration,
+    pub max_connections_per_server: usize,
+    pub affected_rows: u64,
+    /// Touched ids held at most; past it, id ranges.
+    pub max_waiting: usize,
+    pub state: Option<PathBuf>,
+    pub state_interval: Duration,
+    pub listen: Option<SocketAddr>,
+    /// The server id the watch registers with as a replica.
+    pub replication_server_id: u32,
+    /// `/healthz` fails when a stream is further behind than this.
+    pub max_behind: Duration,
+    /// The configuration file, for the command a gap message gives.
+    pub config_path: Option<PathBuf>,
+    pub stop: Option<StopRequest>,
+}
+
+/// Ranges held at most past the bound on ids.
+const MAX_RANGES: usize = 64;
+/// Judging tasks at once.
+const MAX_JUDGES: usize = 4;
+/// Ids one judging task takes.
+const JUDGE_BATCH: usize = 2_000;
+/// Events waiting between the followers and the run loop.
+const CHANNEL: usize = 256;
+/// How often the lag behind each server's log is measured.
+const BEHIND_INTERVAL: Duration = Duration::from_secs(5);
+/// Broken blobs remembered so that they are reported once.
+const MAX_REPORTED: usize = 100_000;
+
+/// Why an id waits: the change that touched it last.
+#[derive(Debug, Clone)]
+struct Touch {
+    server: usize,
+    change: Arc<Change>,
+}
+
+/// What a follower task tells the run loop.
+enum FromStream {
+    Event(StreamEvent),
+    /// The stream was lost; it is being opened again.
+    Down(String),
+    Up,
+    /// The saved place is gone from the server: read from `resumed` on.
+    Gap {
+        lost: Coordinates,
+        resumed: Coordinates,
+        reason: String,
+    },
+    Fatal(Error),
+}
+
+/// What a judging task came to.
+struct Judged {
+    ids: Vec<u64>,
+    consistent: Vec<u64>,
+    confirmed: Vec<Finding>,
+    transient: u64,
+    unsettled: u64,
+}
+
+/// What the watch did, for its last log line.
+#[derive(Debug, Default, Clone)]
+pub struct WatchSummary {
+    pub events: u64,
+    pub touched: u64,
+    pub judged: u64,
+    pub findings: u64,
+    pub seconds: f64,
+}
+
+/// Follows every server's log until `options.stop` asks it to stop, then
+/// saves the state and returns.
+pub async fn run(
+    config: &Config,
+    options: &WatchOptions,
+    mut reporter: Reporter,
+) -> Result<WatchSummary> {
+    let started = Instant::now();
+    let config = &crate::discovery::expand(config).await?;
+    reporter.set_labels(config.references.iter().map(|r| r.label.clone()).collect());
+    let mut source = DbSource::open(
+        config,
+        options.scan.jobs + MAX_JUDGES,
+        options.max_connections_per_server,
+    )
+    .await?;
+    source.retry_for = options.retry_for;
+    let source = Arc::new(source);
+
+    let watched = watched_tables(config);
+    let followed: Vec<usize> = (0..config.servers.len())
+        .filter(|i| watched.contains_key(i))
+        .collect();
+    let state = match &options.state {
+        Some(path) => WatchState::load(path)?,
+        None => None,
+    };
+    let names: Vec<String> = followed
+        .iter()
+        .map(|&i| config.servers[i].name.clone())
+        .collect();
+    let metrics = Arc::new(WatchMetrics::new(&names, options.max_behind));
+    if let Some(addr) = options.listen {
+        let bound = http::serve(addr, Arc::clone(&metrics)).await?;
+        tracing::info!("serving /metrics and /healthz on http://{bound}");
+    }
+
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let mut places = Vec::new();
+    let mut streams = JoinSet::new();
+    for &server in &followed {
+        let place = start_place(&source, server, options, state.as_ref(), &metrics).await?;
+        tracing::info!(
+            "server `{}`: following its binary log from {}",
+            config.servers[server].name,
+            place.coordinates
+        );
+        let follower = Follower::new(
+            config.servers[server].clone(),
+            options.replication_server_id,
+            watched[&server].clone(),
+            place.coordinates.clone(),
+        );
+        places.push((server, place));
+        streams.spawn(follow(server, follower, tx.clone(), Arc::clone(&source)));
+    }
+    drop(tx);
+
+    let mut watch = Watch {
+        config,
+        options,
+        source,
+        metrics,
+        reporter,
+        pending: Pending::new(options.max_waiting, MAX_RANGES),
+        judging: HashMap::new(),
+        scanning: Vec::new(),
+        places,
+        reported: HashMap::new(),
+        last_event: HashMap::new(),
+        summary: WatchSummary::default(),
+    };
+    if let Some(state) = &state {
+        watch.restore(state);
+    }
+    let result = watch.run_loop(rx).await;
+    streams.abort_all();
+    watch.save_state()?;
+    let mut summary = result?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The tables to watch on each server: the blob table's id, and every
+/// reference column grouped by table.
+fn watched_tables(config: &Config) -> HashMap<usize, Vec<WatchedTable>> {
+    let mut tables: HashMap<usize, Vec<WatchedTable>> = HashMap::new();
+    let mut add = |server: usize, table: &crate::config::TableName, column: &str, role: Watched| {
+        let list = tables.entry(server).or_default();
+        let database = table.database.as_str();
+        let name = table.table.as_str();
+        match list
+            .iter_mut()
+            .find(|t| t.database == database && t.table == name)
+        {
+            Some(t) => t.columns.push((column.to_owned(), role)),
+            None => list.push(WatchedTable {
+                database: database.to_owned(),
+                table: name.to_owned(),
+                columns: vec![(column.to_owned(), role)],
+            }),
+        }
+    };
+    add(
+        config.blobs.server,
+        &config.blobs.table,
+        config.blobs.id.as_str(),
+        Watched::BlobId,
+    );
+    for (i, reference) in config.references.iter().enumerate() {
+        add(
+            reference.server,
+            &reference.table,
+            reference.column.as_str(),
+            Watched::Reference(i),
+        );
+    }
+    tables
+}
+
+fn prerequisite(server: &str, reason: impl Into<String>) -> Error {
+    Error::Prerequisite {
+        server: server.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks that `server` can be followed and decides where to start: the
+/// state's place if the server still has it, else (loudly) its oldest log;
+/// without a state, the end of its log.
+async fn start_place(
+    source: &DbSource,
+    server: usize,
+    options: &WatchOptions,
+    state: Option<&WatchState>,
+    metrics: &WatchMetrics,
+) -> Result<ServerPlace> {
+    let name = source.databases.servers[server].name.clone();
+    let mut conn = source.databases.conn(server).await?;
+    let query_error = |e: mysql_async::Error| source.databases.query_error(server, e);
+    let settings = binlog::log_settings(&mut conn).await.map_err(query_error)?;
+    let problems = binlog::settings_problems(&settings);
+    if !problems.is_empty() {
+        return Err(prerequisite(
+            &name,
+            format!("watch needs {}", problems.join("; ")),
+        ));
+    }
+    if settings.server_id == options.replication_server_id {
+        return Err(prerequisite(
+            &name,
+            format!(
+                "the server's own server_id is {}, the id watch registers with: pass --server-id with an id no server or replica uses",
+                settings.server_id
+            ),
+        ));
+    }
+    match binlog::registered_replicas(&mut conn).await {
+        Ok(replicas) => {
+            if let Some((id, host)) = replicas.iter().find(|(id, host)| {
+                *id == options.replication_server_id && host != REPLICA_HOST_NAME
+            }) {
+                return Err(prerequisite(
+                    &name,
+                    format!(
+                        "replica `{host}` already uses server id {id}, which watch would register with (and so disconnect it): pass --server-id with an unused id"
+                    ),
+                ));
+            }
+        }
+        Err(e) => tracing::debug!("server `{name}`: SHOW SLAVE HOSTS: {}", one_line(e)),
+    }
+    let grant = binlog::replication_grant("<account>");
+    let denied = |e: mysql_async::Error| {
+        if crate::db::dialect::is_access_denied(&e) {
+            prerequisite(
+                &name,
+                format!(
+                    "the account may not read the binary log position ({}): {grant}",
+                    one_line(&e)
+                ),
+            )
+        } else {
+            source.databases.query_error(server, e)
+        }
+    };
+    let end = binlog::log_end(&mut conn)
+        .await
+        .map_err(denied)?
+        .ok_or_else(|| {
+            prerequisite(&name, "SHOW MASTER STATUS returned nothing: is log_bin on?")
+        })?;
+    let saved = state.and_then(|s| s.place(&name));
+    let Some(saved) = saved else {
+        return Ok(ServerPlace {
+            server: name,
+            coordinates: end,
+            gtid: None,
+        });
+    };
+    let files = binlog::log_files(&mut conn).await.map_err(denied)?;
+    if files
+        .iter()
+        .any(|(file, _)| *file == saved.coordinates.file)
+    {
+        return Ok(saved.clone());
+    }
+    let oldest = files
+        .first()
+        .map(|(file, _)| Coordinates {
+            file: file.clone(),
+            position: 4,
+        })
+        .unwrap_or(end);
+    log_gap(
+        &name,
+        &saved.coordinates,
+        &oldest,
+        "the file was purged while the watch was down",
+        options,
+        metrics,
+    );
+    Ok(ServerPlace {
+        server: name,
+        coordinates: oldest,
+        gtid: None,
+    })
+}
+
+/// Says loudly that changes may have been missed, and what closes the gap.
+fn log_gap(
+    server: &str,
+    lost: &Coordinates,
+    resumed: &Coordinates,
+    reason: &str,
+    options: &WatchOptions,
+    metrics: &WatchMetrics,
+) {
+    metrics.gaps.get_or_create(&metrics.label(server)).inc();
+    let config = options
+        .config_path
+        .as_ref()
+        .map_or_else(|| "FILE".to_owned(), |p| p.display().to_string());
+    tracing::error!(
+        "server `{server}`: GAP in the binary log: position {lost} is no longer on the server ({reason}); changes between it and {resumed} were not seen. Continuing from {resumed}. Run a full check to close the gap: blobcheck check --config {config}"
+    );
+}
+
+/// One follower's task: hands its events on, reopens a lost stream with
+/// backoff, and skips to the oldest log over a purged position.
+async fn follow(
+    server: usize,
+    mut follower: Follower,
+    tx: mpsc::Sender<(usize, FromStream)>,
+    source: Arc<DbSource>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    let mut up = false;
+    loop {
+        match follower.next().await {
+            Ok(event) => {
+                if !up {
+                    up = true;
+                    backoff = Duration::from_millis(250);
+                    if tx.send((server, FromStream::Up)).await.is_err() {
+                        return;
+                    }
+                }
+                if tx.send((server, FromStream::Event(event))).await.is_err() {
+                    return;
+                }
+            }
+            Err(StreamFault::Lost(e)) => {
+                up = false;
+                if tx
+                    .send((server, FromStream::Down(e.to_string())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(StreamFault::Purged { at, reason }) => {
+                let oldest = match source.databases.conn(server).await {
+                    Ok(mut conn) => binlog::log_files(&mut conn).await.ok().and_then(|files| {
+                        files.first().map(|(file, _)| Coordinates {
+                            file: file.clone(),
+                            position: 4,
+                        })
+                    }),
+                    Err(_) => None,
+                };
+                match oldest {
+                    Some(oldest) if oldest != at => {
+                        follower.restart_at(oldest.clone());
+                        let gap = FromStream::Gap {
+                            lost: at,
+                            resumed: oldest,
+                            reason,
+                        };
+                        if tx.send((server, gap)).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => {
+                        let _ = tx.send((server, FromStream::Down(reason))).await;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            Err(StreamFault::Fatal(e)) => {
+                let _ = tx.send((server, FromStream::Fatal(e))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The run loop's state.
+struct Watch<'a> {
+    config: &'a Config,
+    options: &'a WatchOptions,
+    source: Arc<DbSource>,
+    metrics: Arc<WatchMetrics>,
+    reporter: Reporter,
+    pending: Pending<Instant, Option<Touch>>,
+    /// Ids being judged, with the change that touched them.
+    judging: HashMap<u64, Option<Touch>>,
+    /// Ranges being scanned.
+    scanning: Vec<IdRange>,
+    /// Per followed server: its place (moved at transaction ends).
+    places: Vec<(usize, ServerPlace)>,
+    /// Broken blobs reported, with the numbers they were reported with.
+    reported: HashMap<u64, (Option<u64>, u64)>,
+    /// Per server: when its last event was committed, and whether the
+    /// stream was idle since (a heartbeat).
+    last_event: HashMap<usize, (u32, bool, Coordinates)>,
+    summary: WatchSummary,
+}
+
+enum Wake {
+    Stop,
+    Stream(Option<(usize, FromStream)>),
+    Judged(Result<Judged>),
+    Scanned(Result<(IdRange, Vec<Finding>)>),
+    Tick,
+    Save,
+    Behind,
+}
+
+impl Watch<'_> {
+    fn restore(&mut self, state: &WatchState) {
+        let now = Instant::now();
+        for &id in &state.waiting {
+            self.pending.touch(id, now, None);
+        }
+        for &(start, end) in &state.ranges {
+            self.pending.touch_range(IdRange::new(start, end), now);
+        }
+        if !state.waiting.is_empty() || !state.ranges.is_empty() {
+            tracing::info!(
+                "{} ids and {} ranges left waiting by the last run are judged first",
+                state.waiting.len(),
+                state.ranges.len()
+            );
+        }
+    }
+
+    fn snapshot(&self) -> WatchState {
+        let mut state = WatchState::new();
+        state.servers = self.places.iter().map(|(_, p)| p.clone()).collect();
+        let (ids, ranges) = self.pending.snapshot();
+        let mut waiting: Vec<u64> = ids.into_iter().map(|(id, _)| id).collect();
+        waiting.extend(self.judging.keys().copied());
+        waiting.sort_unstable();
+        waiting.dedup();
+        state.waiting = waiting;
+        state.ranges = ranges
+            .iter()
+            .chain(&self.scanning)
+            .map(|r| (r.start, r.end))
+            .collect();
+        state
+    }
+
+    fn save_state(&self) -> Result<()> {
+        match &self.options.state {
+            Some(path) => self.snapshot().save(path),
+            None => Ok(()),
+        }
+    }
+
+    async fn run_loop(
+        &mut self,
+        mut rx: mpsc::Receiver<(usize, FromStream)>,
+    ) -> Result<WatchSummary> {
+        let mut stop = self.options.stop.clone();
+        let mut judges: JoinSet<Result<Judged>> = JoinSet::new();
+        let mut scans: JoinSet<Result<(IdRange, Vec<Finding>)>> = JoinSet::new();
+        let mut save = tokio::time::interval(self.options.state_interval);
+        let mut behind = tokio::time::interval(BEHIND_INTERVAL);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let wake = tokio::select! {
+                biased;
+                _ = async {
+                    match stop.as_mut() {
+                        Some(stop) => { stop.requested().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => Wake::Stop,
+                Some(judged) = judges.join_next(), if !judges.is_empty() => {
+                    Wake::Judged(judged.unwrap_or_else(|e| Err(Error::Usage(format!("a judging task failed: {e}")))))
+                }
+                Some(scanned) = scans.join_next(), if !scans.is_empty() => {
+                    Wake::Scanned(scanned.unwrap_or_else(|e| Err(Error::Usage(format!("a range scan failed: {e}")))))
+                }
+                _ = save.tick() => Wake::Save,
+                _ = behind.tick() => Wake::Behind,
+                _ = tick.tick() => Wake::Tick,
+                message = rx.recv() => Wake::Stream(message),
+            };
+            match wake {
+                Wake::Stop => {
+                    tracing::info!("stopping: saving the state");
+                    return Ok(self.summary.clone());
+                }
+                Wake::Stream(None) => {
+                    return Err(Error::Usage("every binary log stream ended".into()));
+                }
+                Wake::Stream(Some((server, message))) => self.on_stream(server, message)?,
+                Wake::Judged(judged) => self.on_judged(judged?).await?,
+                Wake::Scanned(scanned) => {
+                    let (range, candidates) = scanned?;
+                    self.scanning.retain(|r| *r != range);
+                    self.metrics.ranges_scanned.inc();
+                    if !candidates.is_empty() {
+                        self.spawn_judge(&mut judges, Vec::new(), candidates);
+                    }
+                }
+                Wake::Tick => {}
+                Wake::Save => self.save_state()?,
+                Wake::Behind => self.measure_behind().await,
+            }
+            self.start_due(&mut judges, &mut scans);
+            self.metrics.waiting_ids.set(self.pending.len() as i64);
+            self.metrics
+                .waiting_ranges
+                .set((self.pending.range_count() + self.scanning.len()) as i64);
+        }
+    }
+
+    fn server_name(&self, server: usize) -> &str {
+        &self.config.servers[server].name
+    }
+
+    fn on_stream(&mut self, server: usize, message: FromStream) -> Result<()> {
+        let label = self.metrics.label(self.server_name(server));
+        match message {
+            FromStream::Event(event) => {
+                self.metrics.events.get_or_create(&label).inc();
+                self.summary.events += 1;
+                match event {
+                    StreamEvent::Touched { mut ids, change } => {
+                        ids.sort_unstable();
+                        ids.dedup();
+                        self.metrics
+                            .touched
+                            .get_or_create(&label)
+                            .inc_by(ids.len() as u64);
+                        self.summary.touched += ids.len() as u64;
+                        self.metrics
+                            .last_event
+                            .get_or_create(&label)
+                            .set(f64::from(change.committed_at));
+                        self.last_event.insert(
+                            server,
+                            (change.committed_at, false, change.coordinates.clone()),
+                        );
+                        let due = Instant::now() + self.options.confirm.settle_delay;
+                        let touch = Touch {
+                            server,
+                            change: Arc::new(change),
+                        };
+                        for id in ids {
+                            self.pending.touch(id, due, Some(touch.clone()));
+                        }
+                    }
+                    StreamEvent::Committed {
+                        coordinates,
+                        gtid,
+                        timestamp,
+                    } => {
+                        if let Some((_, place)) = self.places.iter_mut().find(|(s, _)| *s == server)
+                        {
+                            place.coordinates = coordinates.clone();
+                            if gtid.is_some() {
+                                place.gtid = gtid;
+                            }
+                        }
+                        if timestamp != 0 {
+                            self.metrics
+                                .last_event
+                                .get_or_create(&label)
+                                .set(f64::from(timestamp));
+                        }
+                        self.last_event
+                            .insert(server, (timestamp, false, coordinates));
+                    }
+                    StreamEvent::Heartbeat { coordinates } => {
+                        let at = self.last_event.get(&server).map_or(0, |e| e.0);
+                        self.last_event.insert(server, (at, true, coordinates));
+                    }
+                }
+            }
+            FromStream::Up => {
+                self.metrics.up.get_or_create(&label).set(1);
+            }
+            FromStream::Down(reason) => {
+                self.metrics.up.get_or_create(&label).set(0);
+                self.metrics.reconnects.get_or_create(&label).inc();
+                tracing::warn!(
+                    "server `{}`: binary log stream lost ({}); reconnecting",
+                    self.server_name(server),
+                    one_line(reason)
+                );
+            }
+            FromStream::Gap {
+                lost,
+                resumed,
+                reason,
+            } => {
+                log_gap(
+                    self.server_name(server),
+                    &lost,
+                    &resumed,
+                    &reason,
+                    self.options,
+                    &self.metrics,
+                );
+            }
+            FromStream::Fatal(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Starts judging what is due, and scanning due ranges, within limits.
+    fn start_due(
+        &mut self,
+        judges: &mut JoinSet<Result<Judged>>,
+        scans: &mut JoinSet<Result<(IdRange, Vec<Finding>)>>,
+    ) {
+        let now = Instant::now();
+        while judges.len() < MAX_JUDGES {
+            let due = self.pending.take_due(now, JUDGE_BATCH);
+            if due.is_empty() {
+                break;
+            }
+            let mut ids = Vec::with_capacity(due.len());
+            for (id, touch) in due {
+                // Judged already: it is judged again once this ends.
+                if self.judging.contains_key(&id) {
+                    let again = now + self.options.confirm.settle_delay;
+                    self.pending.touch(id, again, touch);
+                    continue;
+                }
+                self.judging.insert(id, touch);
+                ids.push(id);
+            }
+            if !ids.is_empty() {
+                self.spawn_judge(judges, ids, Vec::new());
+            }
+        }
+        if scans.is_empty() {
+            for range in self.pending.take_due_ranges(now) {
+                self.scanning.push(range);
+                let source = Arc::clone(&self.source);
+                let options = self.options.scan;
+                scans.spawn(scan_range(source, range, options));
+            }
+        }
+    }
+
+    fn spawn_judge(
+        &self,
+        judges: &mut JoinSet<Result<Judged>>,
+        mut ids: Vec<u64>,
+        scanned: Vec<Finding>,
+    ) {
+        ids.sort_unstable();
+        let source = Arc::clone(&self.source);
+        let confirm = self.options.confirm;
+        judges.spawn(judge(source, ids, scanned, confirm));
+    }
+
+    async fn on_judged(&mut self, judged: Judged) -> Result<()> {
+        self.summary.judged += judged.ids.len() as u64;
+        self.metrics.judged.inc_by(judged.ids.len() as u64);
+        self.metrics.transient.inc_by(judged.transient);
+        self.metrics.unsettled.inc_by(judged.unsettled);
+        for id in &judged.consistent {
+            if self.reported.remove(id).is_some() {
+                tracing::info!("blob {id} is consistent again");
+            }
+        }
+        let mut touches: HashMap<u64, Option<Touch>> = HashMap::new();
+        for id in &judged.ids {
+            if let Some(touch) = self.judging.remove(id) {
+                touches.insert(*id, touch);
+            }
+        }
+        for finding in judged.confirmed {
+            let numbers = (finding.stored, finding.actual);
+            if self.reported.get(&finding.blob_id) == Some(&numbers) {
+                continue;
+            }
+            if self.reported.len() < MAX_REPORTED || self.reported.contains_key(&finding.blob_id) {
+                self.reported.insert(finding.blob_id, numbers);
+            }
+            let touch = touches.get(&finding.blob_id).cloned().flatten();
+            self.report(&finding, touch.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, finding: &Finding, touch: Option<&Touch>) -> Result<()> {
+        let detected = SystemTime::now();
+        let at_risk =
+            finding.kind == Kind::MissingBlob || finding.direction() == Some(Direction::TooLow);
+        let affected = if at_risk && self.options.affected_rows > 0 {
+            self.source
+                .affected_rows(finding, self.options.affected_rows)
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let detected_unix = unix_seconds(detected);
+        let (changed_at, latency, change) = match touch {
+            Some(touch) => {
+                let statement = statement(&self.source, touch).await;
+                let committed = f64::from(touch.change.committed_at);
+                let latency = (detected_unix - committed).max(0.0);
+                (
+                    Some(utc_text(committed, false)),
+                    Some(latency),
+                    Some(ChangeNote {
+                        server: self.server_name(touch.server).to_owned(),
+                        binlog: touch.change.coordinates.to_string(),
+                        gtid: touch.change.gtid.clone(),
+                        statement,
+                    }),
+                )
+            }
+            None => (None, None, None),
+        };
+        self.metrics
+            .found(finding, latency.map(Duration::from_secs_f64));
+        self.summary.findings += 1;
+        let origin = Origin {
+            changed_at,
+            detected_at: utc_text(detected_unix, true),
+            latency_seconds: latency.map(|l| (l * 10.0).round() / 10.0),
+            change,
+        };
+        self.reporter
+            .watch_finding(finding, &affected, &origin)
+            .map_err(|e| Error::Output {
+                path: "output".into(),
+                reason: one_line(e),
+            })
+    }
+
+    /// How far behind each server's log the watch is.
+    async fn measure_behind(&mut self) {
+        let now = unix_seconds(SystemTime::now());
+        for (server, _) in self.places.clone() {
+            let label = self.metrics.label(self.server_name(server));
+            let Some((timestamp, idle, at)) = self.last_event.get(&server).cloned() else {
+                continue;
+            };
+            let seconds = if idle || timestamp == 0 {
+                0.0
+            } else {
+                (now - f64::from(timestamp)).max(0.0)
+            };
+            self.metrics
+                .behind_seconds
+                .get_or_create(&label)
+                .set(seconds);
+            let Ok(mut conn) = self.source.databases.conn(server).await else {
+                continue;
+            };
+            let end = binlog::log_end(&mut conn).await.ok().flatten();
+            let bytes = match end {
+                Some(end) if end.file == at.file => end.position.saturating_sub(at.position),
+                Some(end) => match binlog::log_files(&mut conn).await {
+                    Ok(files) => bytes_between(&files, &at, &end),
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            // Caught up with the log's end: not behind, whatever the last
+            // event's time.
+            if bytes == 0 {
+                self.metrics.behind_seconds.get_or_create(&label).set(0.0);
+            }
+            self.metrics
+                .behind_bytes
+                .get_or_create(&label)
+                .set(bytes.min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+/// The statement's text, if the server logged it; a failed look-up is
+/// no reason to hold the finding back.
+async fn statement(source: &DbSource, touch: &Touch) -> Option<String> {
+    let at = touch.change.statement_at.as_ref()?;
+    let lookup = async {
+        let mut conn = source.databases.conn(touch.server).await.ok()?;
+        binlog::statement_at(&mut conn, at).await.ok().flatten()
+    };
+    tokio::time::timeout(Duration::from_secs(5), lookup)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Bytes of log from `from` to `to`, over the files between them.
+fn bytes_between(files: &[(String, u64)], from: &Coordinates, to: &Coordinates) -> u64 {
+    let mut total = 0u64;
+    let mut counting = false;
+    for (file, size) in files {
+        if *file == from.file {
+            counting = true;
+            total += size.saturating_sub(from.position);
+            continue;
+        }
+        if *file == to.file {
+            return total + to.position;
+        }
+        if counting {
+            total += size;
+        }
+    }
+    total
+}
+
+/// Reads touched ids, and confirms those that look wrong (and busy ones)
+/// the way `check` confirms its candidates.
+async fn judge(
+    source: Arc<DbSource>,
+    ids: Vec<u64>,
+    scanned: Vec<Finding>,
+    confirm: ConfirmOptions,
+) -> Result<Judged> {
+    let mut candidates: Vec<Candidate> = scanned
+        .into_iter()
+        .map(|f| Candidate::new(f, confirm.hot_threshold))
+        .collect();
+    let mut consistent = Vec::new();
+    for batch in ids.chunks(confirm.batch_size.max(1)) {
+        for read in read_points(&*source, batch).await? {
+            let busy =
+                read.finding.stored.unwrap_or(0).max(read.finding.actual) >= confirm.hot_threshold;
+            if read.stable && read.finding.difference() == 0 && !(busy && confirm.enabled()) {
+                consistent.push(read.finding.blob_id);
+            } else {
+                candidates.push(Candidate::new(read.finding, confirm.hot_threshold));
+            }
+        }
+    }
+    let mut all_ids = ids;
+    all_ids.extend(candidates.iter().map(|c| c.finding.blob_id));
+    all_ids.sort_unstable();
+    all_ids.dedup();
+    if !confirm.enabled() {
+        let confirmed = candidates
+            .into_iter()
+            .map(|c| c.finding)
+            .filter(|f| f.difference() != 0)
+            .collect();
+        return Ok(Judged {
+            ids: all_ids,
+            consistent,
+            confirmed,
+            transient: 0,
+            unsettled: 0,
+        });
+    }
+    candidates.sort_by_key(|c| c.finding.blob_id);
+    let outcome = confirm_wave(
+        source,
+        candidates,
+        confirm,
+        Instant::now() + confirm.settle_delay,
+    )
+    .await?;
+    Ok(Judged {
+        ids: all_ids,
+        consistent,
+        confirmed: outcome.confirmed,
+        transient: outcome.transient + outcome.watched,
+        unsettled: outcome.unsettled.len() as u64,
+    })
+}
+
+/// Scans one range with the scan's chunked reads; returns its candidates
+/// (inconsistent ids, and busy ones), to be judged.
+async fn scan_range(
+    source: Arc<DbSource>,
+    range: IdRange,
+    options: ScanOptions,
+) -> Result<(IdRange, Vec<Finding>)> {
+    tracing::info!("scanning ids {range}: more ids were touched than the watch holds");
+    let (tx, mut rx) = mpsc::channel(4);
+    let scanning = tokio::spawn(scan(source, range, options, tx));
+    let mut candidates = Vec::new();
+    while let Some(outcome) = rx.recv().await {
+        candidates.extend(outcome.findings);
+        candidates.extend(outcome.watch);
+    }
+    scanning
+        .await
+        .map_err(|e| Error::Usage(format!("a range scan failed: {e}")))??;
+    Ok((range, candidates))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_behind_span_files() {
+        let files = vec![
+            ("b.1".to_owned(), 1_000),
+            ("b.2".to_owned(), 500),
+            ("b.3".to_owned(), 300),
+        ];
+        let at = |file: &str, position| Coordinates {
+            file: file.into(),
+            position,
+        };
+        assert_eq!(
+            bytes_between(&files, &at("b.1", 400), &at("b.3", 100)),
+            600 + 500 + 100
+        );
+        assert_eq!(bytes_between(&files, &at("b.2", 0), &at("b.3", 0)), 500);
+    }
+}
