@@ -93,3 +93,180 @@ async fn run(
     faults.close().await;
     high.close().await;
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `blobcheck watch` as a process.
+fn spawn_watch(config: &std::path::Path, dir: &std::path::Path, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_blobcheck"))
+        .args(["watch", "--config"])
+        .arg(config)
+        .args(["--format", "json", "--output"])
+        .arg(dir.join("found.jsonl"))
+        .arg("--state")
+        .arg(dir.join("state.json"))
+        .args(["--settle-delay", "0.5", "--confirmations", "1"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap())
+        .spawn()
+        .expect("blobcheck watch starts")
+}
+
+/// One HTTP GET on 127.0.0.1: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Waits until `/healthz` answers 200 (every stream is up).
+async fn wait_healthy(port: u16, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some((200, _)) = blocking(move || get(port, "/healthz")).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn wait_found(
+    dir: &std::path::Path,
+    expected: &[common::Exact],
+    limit: Duration,
+) -> Vec<common::Exact> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let found = common::read_findings(&dir.join("found.jsonl"));
+        let all = expected
+            .iter()
+            .all(|e| found.iter().any(|f| watch_support::same(f, e)));
+        if all || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// kill -9 while faults wait to be judged, more faults while it is down:
+/// the restarted watch resumes from its state and reports every one, each
+/// once. /metrics and /healthz answer; SIGTERM saves the state and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_restarted_and_stopped_it_misses_nothing() {
+    let (global, shard) = blocking(|| logged_pair("wkill")).await;
+    let data = Arc::new(Dataset::generate("wkill", 5, 2_000, 10, 150, false));
+    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
+    let (global, shard) = blocking(move || {
+        global.run_sql(&global_sql).unwrap();
+        shard.run_sql(&shard_sql).unwrap();
+        (global, shard)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("watch.toml");
+    std::fs::write(
+        &config,
+        data.config_text(&global.root_url(), &shard.root_url()),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut watch = spawn_watch(&config, dir.path(), port);
+    assert!(
+        wait_healthy(port, Duration::from_secs(20)).await,
+        "the watch never became healthy"
+    );
+
+    let mut faults = Faults::new(
+        &global.root_url(),
+        &shard.root_url(),
+        &data.global_db,
+        &data.shard_db,
+        FAULT_BASE,
+    );
+    for n in 0..6 {
+        faults.inject(n).await;
+    }
+    wait_found(dir.path(), &faults.expected, Duration::from_secs(20)).await;
+    // Six more, and a kill before they can be judged.
+    for n in 0..6 {
+        faults.inject(n).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    // Six while it is down.
+    for n in 0..6 {
+        faults.inject(n).await;
+    }
+    let port = free_port();
+    let mut watch = spawn_watch(&config, dir.path(), port);
+    assert!(
+        wait_healthy(port, Duration::from_secs(20)).await,
+        "the restarted watch never became healthy"
+    );
+    let found = wait_found(dir.path(), &faults.expected, Duration::from_secs(30)).await;
+
+    let (status, metrics) = blocking(move || get(port, "/metrics"))
+        .await
+        .expect("/metrics answers");
+    assert_eq!(status, 200);
+    for series in [
+        "blobcheck_watch_findings_total{kind=\"missing_blob\",severity=\"critical\"}",
+        "blobcheck_watch_stream_up{server=\"shard\"} 1",
+        "blobcheck_watch_detection_latency_seconds_bucket",
+        "blobcheck_watch_events_total{server=\"global\"}",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "/metrics lacks {series}:\n{metrics}"
+        );
+    }
+
+    let pid = watch.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = blocking(move || watch.wait().unwrap()).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM ends the watch with 0");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["servers"].as_array().unwrap().len(), 2, "{state}");
+
+    let mut unique = bare(&found);
+    unique.dedup();
+    let logs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("stderr"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(
+        unique,
+        bare(&faults.expected),
+        "every fault, before, around and after the kill; the watch logged:\n{}",
+        logs.join("\n---\n")
+    );
+    // Reported twice only if the kill fell between a report and the state
+    // saved right after it.
+    assert!(
+        found.len() <= unique.len() + 1,
+        "findings reported again after the restart: {found:?}"
+    );
+    faults.close().await;
+}

@@ -532,8 +532,17 @@ impl Follower {
         };
         let out = match data {
             EventData::RotateEvent(rotate) => {
+                // The server's first, artificial rotate (log position 0)
+                // comes before it says whether events carry checksums, so
+                // its name may end in the checksum's four bytes: it names
+                // the file asked for, which is kept.
+                let file = if end == 0 && rotate.name().starts_with(self.at.file.as_str()) {
+                    self.at.file.clone()
+                } else {
+                    rotate.name().into_owned()
+                };
                 self.at = Coordinates {
-                    file: rotate.name().into_owned(),
+                    file,
                     position: rotate.position(),
                 };
                 self.previous_end = None;

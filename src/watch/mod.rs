@@ -497,6 +497,9 @@ impl Watch<'_> {
         for &(start, end) in &state.ranges {
             self.pending.touch_range(IdRange::new(start, end), now);
         }
+        for &(id, stored, actual) in &state.reported {
+            self.reported.insert(id, (stored, actual));
+        }
         if !state.waiting.is_empty() || !state.ranges.is_empty() {
             tracing::info!(
                 "{} ids and {} ranges left waiting by the last run are judged first",
@@ -520,6 +523,13 @@ impl Watch<'_> {
             .chain(&self.scanning)
             .map(|r| (r.start, r.end))
             .collect();
+        let mut reported: Vec<(u64, Option<u64>, u64)> = self
+            .reported
+            .iter()
+            .map(|(&id, &(stored, actual))| (id, stored, actual))
+            .collect();
+        reported.sort_unstable();
+        state.reported = reported;
         state
     }
 
@@ -750,6 +760,7 @@ impl Watch<'_> {
                 touches.insert(*id, touch);
             }
         }
+        let mut reported_any = false;
         for finding in judged.confirmed {
             let numbers = (finding.stored, finding.actual);
             if self.reported.get(&finding.blob_id) == Some(&numbers) {
@@ -760,6 +771,11 @@ impl Watch<'_> {
             }
             let touch = touches.get(&finding.blob_id).cloned().flatten();
             self.report(&finding, touch.as_ref()).await?;
+            reported_any = true;
+        }
+        // At once: a restart must not report them again.
+        if reported_any {
+            self.save_state()?;
         }
         Ok(())
     }

@@ -67,10 +67,11 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
             self.queue.insert((due, id));
             return;
         }
-        if let Some((&start, &(end, _))) = self.ranges.range(..=id).next_back()
+        if let Some((&start, &(end, waiting))) = self.ranges.range(..=id).next_back()
             && id <= end
         {
-            self.ranges.insert(start, (end, due));
+            // A range waits for the latest of its ids.
+            self.ranges.insert(start, (end, waiting.max(due)));
             return;
         }
         if self.ids.len() < self.max_ids {

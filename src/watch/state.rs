@@ -31,6 +31,11 @@ pub struct WatchState {
     pub waiting: Vec<u64>,
     /// Ranges not yet scanned, inclusive.
     pub ranges: Vec<(u64, u64)>,
+    /// Broken blobs already reported, with the stored and actual counts
+    /// they were reported with: not reported again after a restart unless
+    /// their numbers change.
+    #[serde(default)]
+    pub reported: Vec<(u64, Option<u64>, u64)>,
 }
 
 impl WatchState {
