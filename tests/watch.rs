@@ -270,3 +270,88 @@ async fn killed_restarted_and_stopped_it_misses_nothing() {
     );
     faults.close().await;
 }
+
+/// Each missing prerequisite ends the watch at start with exit 2 and one
+/// line naming the server and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_missing_prerequisite_has_its_one_line_error() {
+    use blobcheck::sandbox::{Sandbox, SandboxOptions};
+    let (unlogged, statement, good) = blocking(|| {
+        let unlogged = std::thread::spawn(|| Sandbox::start(SandboxOptions::new("wpre_nolog")).unwrap());
+        let statement = std::thread::spawn(|| {
+            Sandbox::start(
+                SandboxOptions::new("wpre_mixed")
+                    .arg("--log-bin=mysql-bin")
+                    .arg("--server-id=21")
+                    .arg("--binlog-format=MIXED")
+                    .arg("--binlog-row-image=MINIMAL"),
+            )
+            .unwrap()
+        });
+        let good = watch_support::logged_server("wpre_good", 22);
+        (unlogged.join().unwrap(), statement.join().unwrap(), good)
+    })
+    .await;
+    let data = Dataset::generate("wpre", 3, 200, 2, 120, false);
+    let load = format!("{}\n{}", data.global_sql(), data.shard_sql());
+    let checker = blobcheck::demo::create_checker_sql(&[&data.global_db, &data.shard_db]);
+    let (unlogged, statement, good) = blocking(move || {
+        for server in [&unlogged, &statement, &good] {
+            server.run_sql(&load).unwrap();
+        }
+        good.run_sql(&checker).unwrap();
+        (unlogged, statement, good)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let select_only = good.url_for(blobcheck::demo::CHECKER_USER, blobcheck::demo::CHECKER_PASSWORD);
+    let cases: [(&str, String, String, &[&str], &[&str]); 4] = [
+        (
+            "binary log off",
+            unlogged.root_url(),
+            good.root_url(),
+            &[],
+            &["server `global`", "binary log is off", "log_bin"],
+        ),
+        (
+            "statement format, minimal images",
+            good.root_url(),
+            statement.root_url(),
+            &[],
+            &[
+                "server `shard`",
+                "binlog_format is MIXED",
+                "binlog_format=ROW",
+                "binlog_row_image is MINIMAL",
+                "binlog_row_image=FULL",
+            ],
+        ),
+        (
+            "SELECT only",
+            select_only.clone(),
+            good.root_url(),
+            &[],
+            &["server `global`", "GRANT REPLICATION SLAVE, REPLICATION CLIENT", "ON *.*"],
+        ),
+        (
+            "server id taken",
+            good.root_url(),
+            good.root_url(),
+            &["--server-id", "22"],
+            &["server `global`", "server_id is 22", "--server-id"],
+        ),
+    ];
+    for (case, global_url, shard_url, extra, wanted) in cases {
+        let config = dir.path().join("pre.toml");
+        std::fs::write(&config, data.config_text(&global_url, &shard_url)).unwrap();
+        let mut args = vec!["watch", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (status, _, stderr) = common::run_cli(&args, &[]);
+        assert_eq!(status, 2, "{case}: exit 2; stderr: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{case}: one error line: {stderr}");
+        for want in wanted {
+            assert!(lines[0].contains(want), "{case}: `{want}` not in: {}", lines[0]);
+        }
+    }
+}

@@ -216,10 +216,23 @@ pub fn settings_problems(settings: &LogSettings) -> Vec<String> {
     problems
 }
 
-/// The GRANT that lets `watch` follow a server's log; neither privilege
-/// lets the account write.
-pub fn replication_grant(account: &str) -> String {
-    format!("GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO {account}")
+/// The GRANT that lets `watch` follow a server's log; none of the
+/// privileges lets the account write. MariaDB 10.5 and later also need
+/// SLAVE MONITOR to say whether the server is a replica.
+pub fn replication_grant(version: super::dialect::ServerVersion, account: &str) -> String {
+    let monitor = match version.replica_monitor_privilege() {
+        "REPLICATION CLIENT" => String::new(),
+        other => format!(", {other}"),
+    };
+    format!("GRANT REPLICATION SLAVE, REPLICATION CLIENT{monitor} ON *.* TO {account}")
+}
+
+/// What the server says it is.
+pub async fn server_version(
+    conn: &mut Conn,
+) -> std::result::Result<super::dialect::ServerVersion, mysql_async::Error> {
+    let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+    Ok(super::dialect::ServerVersion::parse(&version.unwrap_or_default()))
 }
 
 /// The end of the server's log now (`SHOW MASTER STATUS`, or MySQL 8.4's
@@ -326,6 +339,7 @@ enum Reading {
 /// Follows one server's log.
 pub struct Follower {
     server: Server,
+    version: super::dialect::ServerVersion,
     replication_id: u32,
     watched: Vec<WatchedTable>,
     /// For information_schema reads.
@@ -354,12 +368,14 @@ impl Follower {
     /// by the first [`Follower::next`]).
     pub fn new(
         server: Server,
+        version: super::dialect::ServerVersion,
         replication_id: u32,
         watched: Vec<WatchedTable>,
         from: Coordinates,
     ) -> Follower {
         Follower {
             server,
+            version,
             replication_id,
             watched,
             lookup: None,
@@ -489,7 +505,7 @@ impl Follower {
                     reason: format!(
                         "the account may not read the binary log ({}): {}",
                         one_line(&e),
-                        replication_grant("<account>")
+                        replication_grant(self.version, "<account>")
                     ),
                 })
             }

@@ -177,7 +177,8 @@ pub async fn run(
     let mut places = Vec::new();
     let mut streams = JoinSet::new();
     for &server in &followed {
-        let place = start_place(&source, server, options, state.as_ref(), &metrics).await?;
+        let (place, version) =
+            start_place(&source, server, options, state.as_ref(), &metrics).await?;
         tracing::info!(
             "server `{}`: following its binary log from {}",
             config.servers[server].name,
@@ -185,6 +186,7 @@ pub async fn run(
         );
         let follower = Follower::new(
             config.servers[server].clone(),
+            version,
             options.replication_server_id,
             watched[&server].clone(),
             place.coordinates.clone(),
@@ -272,11 +274,26 @@ async fn start_place(
     options: &WatchOptions,
     state: Option<&WatchState>,
     metrics: &WatchMetrics,
-) -> Result<ServerPlace> {
+) -> Result<(ServerPlace, crate::db::dialect::ServerVersion)> {
     let name = source.databases.servers[server].name.clone();
     let mut conn = source.databases.conn(server).await?;
     let query_error = |e: mysql_async::Error| source.databases.query_error(server, e);
-    let settings = binlog::log_settings(&mut conn).await.map_err(query_error)?;
+    let version = binlog::server_version(&mut conn).await.map_err(query_error)?;
+    let grant = binlog::replication_grant(version, "<account>");
+    let denied = |e: mysql_async::Error| {
+        if crate::db::dialect::is_access_denied(&e) {
+            prerequisite(
+                &name,
+                format!(
+                    "the account may not read the binary log or replica status ({}): {grant}",
+                    one_line(&e)
+                ),
+            )
+        } else {
+            source.databases.query_error(server, e)
+        }
+    };
+    let settings = binlog::log_settings(&mut conn).await.map_err(denied)?;
     let problems = binlog::settings_problems(&settings);
     if !problems.is_empty() {
         return Err(prerequisite(
@@ -308,20 +325,6 @@ async fn start_place(
         }
         Err(e) => tracing::debug!("server `{name}`: SHOW SLAVE HOSTS: {}", one_line(e)),
     }
-    let grant = binlog::replication_grant("<account>");
-    let denied = |e: mysql_async::Error| {
-        if crate::db::dialect::is_access_denied(&e) {
-            prerequisite(
-                &name,
-                format!(
-                    "the account may not read the binary log position ({}): {grant}",
-                    one_line(&e)
-                ),
-            )
-        } else {
-            source.databases.query_error(server, e)
-        }
-    };
     let end = binlog::log_end(&mut conn)
         .await
         .map_err(denied)?
@@ -330,18 +333,19 @@ async fn start_place(
         })?;
     let saved = state.and_then(|s| s.place(&name));
     let Some(saved) = saved else {
-        return Ok(ServerPlace {
+        let place = ServerPlace {
             server: name,
             coordinates: end,
             gtid: None,
-        });
+        };
+        return Ok((place, version));
     };
     let files = binlog::log_files(&mut conn).await.map_err(denied)?;
     if files
         .iter()
         .any(|(file, _)| *file == saved.coordinates.file)
     {
-        return Ok(saved.clone());
+        return Ok((saved.clone(), version));
     }
     let oldest = files
         .first()
@@ -358,11 +362,12 @@ async fn start_place(
         options,
         metrics,
     );
-    Ok(ServerPlace {
+    let place = ServerPlace {
         server: name,
         coordinates: oldest,
         gtid: None,
-    })
+    };
+    Ok((place, version))
 }
 
 /// Says loudly that changes may have been missed, and what closes the gap.
