@@ -355,3 +355,129 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
         }
     }
 }
+
+/// What servers do to a stream: a reference table altered while watching
+/// (a column added before the reference column), a server restarted
+/// mid-stream, and a bulk delete of more references than the watch holds
+/// (its ids folded into ranges and scanned): every fault still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
+    let (global, shard) = blocking(|| logged_pair("wddl")).await;
+    let data = Arc::new(Dataset::generate("wddl", 8, 2_000, 6, 120, false));
+    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
+    let (global, mut shard) = blocking(move || {
+        global.run_sql(&global_sql).unwrap();
+        shard.run_sql(&shard_sql).unwrap();
+        (global, shard)
+    })
+    .await;
+    let config = data.config(&global.root_url(), &shard.root_url());
+    let watch = RunningWatch::start(&config, |stop| {
+        let mut options = watch_options(Duration::from_millis(500), 1, stop);
+        options.max_waiting = 1_000;
+        options
+    })
+    .await;
+    let mut faults = Faults::new(
+        &global.root_url(),
+        &shard.root_url(),
+        &data.global_db,
+        &data.shard_db,
+        FAULT_BASE,
+    );
+
+    // A column before the reference column: positions move.
+    let alter = format!(
+        "ALTER TABLE `{}`.Attachment ADD COLUMN Extra bigint unsigned NOT NULL DEFAULT 77 FIRST",
+        data.shard_db
+    );
+    let shard_url = shard.root_url();
+    blocking({
+        let alter = alter.clone();
+        move || {
+            let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&shard_url).unwrap());
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let mut conn = pool.get_conn().await.unwrap();
+                mysql_async::prelude::Queryable::query_drop(&mut conn, alter).await.unwrap();
+            });
+        }
+    })
+    .await;
+    for n in 0..6 {
+        faults.inject(n).await;
+    }
+    watch.wait_for(&faults.expected, Duration::from_secs(20)).await;
+    assert_eq!(
+        bare(&watch.findings()),
+        bare(&faults.expected),
+        "after the ALTER TABLE"
+    );
+
+    // The shard restarts under the stream.
+    shard = blocking(move || {
+        shard.restart().unwrap();
+        shard
+    })
+    .await;
+    for n in 0..6 {
+        faults.inject(n).await;
+    }
+    watch.wait_for(&faults.expected, Duration::from_secs(30)).await;
+    assert_eq!(
+        bare(&watch.findings()),
+        bare(&faults.expected),
+        "after the shard restarted"
+    );
+
+    // A bulk delete of 5,000 references whose counts stay: 5,000 orphans,
+    // past the bound of 1,000 ids.
+    let base = 1u64 << 52;
+    let blobs: Vec<String> = (1..=5_000u64).map(|i| format!("({},1,1)", base + i * 3)).collect();
+    let rows: Vec<String> = (1..=5_000u64)
+        .map(|i| format!("({},0,0,{})", (1u64 << 46) + i, base + i * 3))
+        .collect();
+    let setup_global = format!(
+        "INSERT INTO `{}`.BlobStorage (BlobStorageID, NumReferences, Size) VALUES {}",
+        data.global_db,
+        blobs.join(",")
+    );
+    let setup_shard = format!(
+        "INSERT INTO `{}`.Attachment (AttachmentID, Extra, MessageID, BlobStorageID) VALUES {}",
+        data.shard_db,
+        rows.join(",")
+    );
+    let bulk = format!(
+        "DELETE FROM `{}`.Attachment WHERE AttachmentID > {}",
+        data.shard_db,
+        1u64 << 46
+    );
+    let (g, s) = (global.root_url(), shard.root_url());
+    blocking(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async move {
+            use mysql_async::prelude::Queryable;
+            let gp = mysql_async::Pool::new(mysql_async::Opts::from_url(&g).unwrap());
+            let sp = mysql_async::Pool::new(mysql_async::Opts::from_url(&s).unwrap());
+            gp.get_conn().await.unwrap().query_drop(setup_global).await.unwrap();
+            sp.get_conn().await.unwrap().query_drop(setup_shard).await.unwrap();
+            // Judged consistent before the delete.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sp.get_conn().await.unwrap().query_drop(bulk).await.unwrap();
+        })
+    })
+    .await;
+    let mut expected = faults.expected.clone();
+    for i in 1..=5_000u64 {
+        expected.push(common::Exact {
+            kind: "orphan_blob".into(),
+            blob_id: base + i * 3,
+            stored: Some(1),
+            actual: 0,
+            references: Vec::new(),
+        });
+    }
+    watch.wait_for(&expected, Duration::from_secs(60)).await;
+    let (found, summary) = watch.stop().await;
+    println!("{summary:?}");
+    assert_eq!(bare(&found), bare(&expected), "after the bulk delete");
+    faults.close().await;
+}

@@ -84,7 +84,10 @@ impl RunningWatch {
         let options = options(request);
         let out = Captured::default();
         let labels = config.references.iter().map(|r| r.label.clone()).collect();
-        let reporter = Reporter::new(Format::Json, Box::new(out.clone()), labels);
+        // Whole lines, as the command writes them: the test reads while
+        // the watch writes.
+        let lines = std::io::LineWriter::new(out.clone());
+        let reporter = Reporter::new(Format::Json, Box::new(lines), labels);
         let config = config.clone();
         let task =
             tokio::spawn(async move { blobcheck::watch::run(&config, &options, reporter).await });
