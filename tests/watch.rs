@@ -481,3 +481,80 @@ async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
     assert_eq!(bare(&found), bare(&expected), "after the bulk delete");
     faults.close().await;
 }
+
+/// The saved position purged while the watch was down: said loudly (an
+/// ERROR line with GAP and the command that closes it, the gaps metric),
+/// and the watch carries on from the oldest log, where it still finds
+/// what changed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_position_is_reported_as_a_gap() {
+    let (global, shard) = blocking(|| logged_pair("wgap")).await;
+    let data = Arc::new(Dataset::generate("wgap", 9, 500, 2, 120, false));
+    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
+    let (global, shard) = blocking(move || {
+        global.run_sql(&global_sql).unwrap();
+        shard.run_sql(&shard_sql).unwrap();
+        (global, shard)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("watch.toml");
+    std::fs::write(&config, data.config_text(&global.root_url(), &shard.root_url())).unwrap();
+    let port = free_port();
+    let mut watch = spawn_watch(&config, dir.path(), port);
+    assert!(wait_healthy(port, Duration::from_secs(20)).await);
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let status = blocking(move || watch.wait().unwrap()).await;
+    assert_eq!(status.code(), Some(0));
+
+    // While it is down: a new log file, and the old ones purged.
+    let shard = blocking(move || {
+        // MariaDB keeps a file until its binlog checkpoint has passed it:
+        // flush and purge until the first file is gone.
+        let first = shard.query("SHOW BINARY LOGS").unwrap()[0][0].clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            shard.run_sql("FLUSH BINARY LOGS").unwrap();
+            let newest = shard.query("SHOW MASTER STATUS").unwrap()[0][0].clone();
+            shard
+                .run_sql(&format!("PURGE BINARY LOGS TO '{newest}'"))
+                .unwrap();
+            if shard.query("SHOW BINARY LOGS").unwrap()[0][0] != first {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{first} never purged");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        shard
+    })
+    .await;
+    let mut faults = Faults::new(
+        &global.root_url(),
+        &shard.root_url(),
+        &data.global_db,
+        &data.shard_db,
+        FAULT_BASE,
+    );
+    faults.inject(5).await;
+
+    let port = free_port();
+    let mut watch = spawn_watch(&config, dir.path(), port);
+    assert!(wait_healthy(port, Duration::from_secs(20)).await);
+    let found = wait_found(dir.path(), &faults.expected, Duration::from_secs(20)).await;
+    let (_, metrics) = blocking(move || get(port, "/metrics")).await.unwrap();
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    blocking(move || watch.wait().unwrap()).await;
+    let stderr = std::fs::read_to_string(dir.path().join(format!("stderr-{port}.log"))).unwrap();
+    assert_eq!(bare(&found), bare(&faults.expected), "{stderr}");
+    assert!(
+        metrics.contains("blobcheck_watch_log_gaps_total{server=\"shard\"} 1"),
+        "{stderr}\n{metrics}"
+    );
+    let gap = stderr
+        .lines()
+        .find(|l| l.contains("GAP"))
+        .unwrap_or_else(|| panic!("no GAP line: {stderr}"));
+    assert!(gap.contains("ERROR") && gap.contains("server `shard`"), "{gap}");
+    assert!(gap.contains("blobcheck check --config"), "{gap}");
+    faults.close().await;
+}
