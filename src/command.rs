@@ -175,6 +175,103 @@ pub async fn demo(args: &CheckArgs, quiet: bool, stop: StopRequest) -> Result<u6
     crate::demo::run(async |config| check(config, None, &args, quiet, stop).await).await
 }
 
+/// `demo --watch`: two throwaway servers with binary logs, the watch
+/// following them, and a short application: correct two-step changes on
+/// both servers, then one buggy change of each kind, each reported as it
+/// is found, with its latency. Returns the number of findings.
+pub async fn demo_watch(stop: StopRequest) -> Result<u64> {
+    eprintln!(
+        "blobcheck demo --watch: starting two throwaway MariaDB servers with binary logs and loading fixtures/ ..."
+    );
+    let servers = tokio::task::spawn_blocking(|| crate::demo::FixtureServers::start_with(true))
+        .await
+        .map_err(|e| Error::Sandbox(format!("demo setup failed: {e}")))??;
+    let config = servers.config()?;
+    let (stop_watch, watch_stop) = StopRequest::channel();
+    let forward = stop_watch.clone();
+    let mut user_stop = stop;
+    tokio::spawn(async move {
+        let reason = user_stop.requested().await;
+        let _ = forward.send(Some(reason));
+    });
+    let settings = config
+        .check
+        .overridden(&crate::config::Overrides {
+            settle_delay: Some(DEMO_SETTLE_DELAY),
+            confirmations: Some(1),
+            ..crate::config::Overrides::default()
+        })
+        .map_err(Error::Usage)?;
+    let options = crate::watch::WatchOptions {
+        confirm: settings.confirm_options(),
+        scan: settings.scan_options(),
+        retry_for: settings.retry_for(),
+        max_connections_per_server: settings.max_connections_per_server,
+        affected_rows: 0,
+        max_waiting: 100_000,
+        state: None,
+        state_interval: STATE_INTERVAL,
+        listen: None,
+        replication_server_id: crate::db::binlog::DEFAULT_REPLICATION_SERVER_ID,
+        max_behind: Duration::from_secs(60),
+        config_path: None,
+        stop: Some(watch_stop),
+    };
+    let reporter = Reporter::new(
+        Format::Text,
+        Box::new(whole_lines(std::io::stdout())),
+        Vec::new(),
+    );
+    let watching = {
+        let config = config.clone();
+        tokio::spawn(async move { crate::watch::run(&config, &options, reporter).await })
+    };
+    // The watch reads each log's end first; let the streams open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "blobcheck demo --watch: the application writes correct two-step changes on both servers ..."
+    );
+    let servers = tokio::task::spawn_blocking(move || -> Result<crate::demo::FixtureServers> {
+        let run = |global: bool, sql: &str| {
+            let server = if global {
+                &servers.global
+            } else {
+                &servers.shard
+            };
+            server
+                .run_sql(sql)
+                .map_err(|e| Error::Sandbox(format!("demo application: {e}")))
+        };
+        for (global, sql) in crate::demo::DemoApp::correct_steps() {
+            run(global, &sql)?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        for (what, steps) in crate::demo::DemoApp::faults() {
+            for (global, sql) in &steps {
+                run(*global, sql)?;
+            }
+            eprintln!("blobcheck demo --watch: the application's bug: {what}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(servers)
+    })
+    .await
+    .map_err(|e| Error::Sandbox(format!("demo application failed: {e}")))??;
+    // Settle delay, the first read and the confirmation's re-reads.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = stop_watch.send(Some("the end of the demo".into()));
+    let summary = watching
+        .await
+        .map_err(|e| Error::Sandbox(format!("the watch failed: {e}")))?;
+    let _ = tokio::task::spawn_blocking(move || drop(servers)).await;
+    let summary = summary?;
+    eprintln!(
+        "blobcheck demo --watch: servers stopped and removed; {} events read, {} touched ids judged, {} findings (the application injected 6)",
+        summary.events, summary.judged, summary.findings
+    );
+    Ok(summary.findings)
+}
+
 /// The metrics file of a run: `complete` is its summary if it got to its
 /// end. A partition's series carry its label.
 fn write_metrics(

@@ -58,6 +58,9 @@ enum Command {
     },
     /// Start two throwaway MariaDB servers, load the bundled fixtures, check them, clean up.
     Demo {
+        /// Instead of a check: start the servers with binary logs, follow them with `watch`, play a short application with one bug of each kind, and print each finding as it is detected.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         args: CheckArgs,
     },
@@ -212,7 +215,11 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             // Stopped by a signal, as a service is: a success.
             Ok(0)
         }
-        Command::Demo { args } => {
+        Command::Demo { watch: true, .. } => {
+            let stop = stop_on_signals(&runtime)?;
+            runtime.block_on(command::demo_watch(stop))
+        }
+        Command::Demo { watch: false, args } => {
             let stop = stop_on_signals(&runtime)?;
             runtime.block_on(command::demo(&args, quiet, stop))
         }

@@ -277,7 +277,8 @@ async fn killed_restarted_and_stopped_it_misses_nothing() {
 async fn each_missing_prerequisite_has_its_one_line_error() {
     use blobcheck::sandbox::{Sandbox, SandboxOptions};
     let (unlogged, statement, good) = blocking(|| {
-        let unlogged = std::thread::spawn(|| Sandbox::start(SandboxOptions::new("wpre_nolog")).unwrap());
+        let unlogged =
+            std::thread::spawn(|| Sandbox::start(SandboxOptions::new("wpre_nolog")).unwrap());
         let statement = std::thread::spawn(|| {
             Sandbox::start(
                 SandboxOptions::new("wpre_mixed")
@@ -304,7 +305,10 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let select_only = good.url_for(blobcheck::demo::CHECKER_USER, blobcheck::demo::CHECKER_PASSWORD);
+    let select_only = good.url_for(
+        blobcheck::demo::CHECKER_USER,
+        blobcheck::demo::CHECKER_PASSWORD,
+    );
     let cases: [(&str, String, String, &[&str], &[&str]); 4] = [
         (
             "binary log off",
@@ -331,7 +335,11 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
             select_only.clone(),
             good.root_url(),
             &[],
-            &["server `global`", "GRANT REPLICATION SLAVE, REPLICATION CLIENT", "ON *.*"],
+            &[
+                "server `global`",
+                "GRANT REPLICATION SLAVE, REPLICATION CLIENT",
+                "ON *.*",
+            ],
         ),
         (
             "server id taken",
@@ -351,7 +359,11 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
         assert_eq!(lines.len(), 1, "{case}: one error line: {stderr}");
         for want in wanted {
-            assert!(lines[0].contains(want), "{case}: `{want}` not in: {}", lines[0]);
+            assert!(
+                lines[0].contains(want),
+                "{case}: `{want}` not in: {}",
+                lines[0]
+            );
         }
     }
 }
@@ -396,17 +408,23 @@ async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
         let alter = alter.clone();
         move || {
             let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(&shard_url).unwrap());
-            tokio::runtime::Runtime::new().unwrap().block_on(async move {
-                let mut conn = pool.get_conn().await.unwrap();
-                mysql_async::prelude::Queryable::query_drop(&mut conn, alter).await.unwrap();
-            });
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async move {
+                    let mut conn = pool.get_conn().await.unwrap();
+                    mysql_async::prelude::Queryable::query_drop(&mut conn, alter)
+                        .await
+                        .unwrap();
+                });
         }
     })
     .await;
     for n in 0..6 {
         faults.inject(n).await;
     }
-    watch.wait_for(&faults.expected, Duration::from_secs(20)).await;
+    watch
+        .wait_for(&faults.expected, Duration::from_secs(20))
+        .await;
     assert_eq!(
         bare(&watch.findings()),
         bare(&faults.expected),
@@ -422,7 +440,9 @@ async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
     for n in 0..6 {
         faults.inject(n).await;
     }
-    watch.wait_for(&faults.expected, Duration::from_secs(30)).await;
+    watch
+        .wait_for(&faults.expected, Duration::from_secs(30))
+        .await;
     assert_eq!(
         bare(&watch.findings()),
         bare(&faults.expected),
@@ -432,7 +452,9 @@ async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
     // A bulk delete of 5,000 references whose counts stay: 5,000 orphans,
     // past the bound of 1,000 ids.
     let base = 1u64 << 52;
-    let blobs: Vec<String> = (1..=5_000u64).map(|i| format!("({},1,1)", base + i * 3)).collect();
+    let blobs: Vec<String> = (1..=5_000u64)
+        .map(|i| format!("({},1,1)", base + i * 3))
+        .collect();
     let rows: Vec<String> = (1..=5_000u64)
         .map(|i| format!("({},0,0,{})", (1u64 << 46) + i, base + i * 3))
         .collect();
@@ -453,16 +475,28 @@ async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
     );
     let (g, s) = (global.root_url(), shard.root_url());
     blocking(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(async move {
-            use mysql_async::prelude::Queryable;
-            let gp = mysql_async::Pool::new(mysql_async::Opts::from_url(&g).unwrap());
-            let sp = mysql_async::Pool::new(mysql_async::Opts::from_url(&s).unwrap());
-            gp.get_conn().await.unwrap().query_drop(setup_global).await.unwrap();
-            sp.get_conn().await.unwrap().query_drop(setup_shard).await.unwrap();
-            // Judged consistent before the delete.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            sp.get_conn().await.unwrap().query_drop(bulk).await.unwrap();
-        })
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                use mysql_async::prelude::Queryable;
+                let gp = mysql_async::Pool::new(mysql_async::Opts::from_url(&g).unwrap());
+                let sp = mysql_async::Pool::new(mysql_async::Opts::from_url(&s).unwrap());
+                gp.get_conn()
+                    .await
+                    .unwrap()
+                    .query_drop(setup_global)
+                    .await
+                    .unwrap();
+                sp.get_conn()
+                    .await
+                    .unwrap()
+                    .query_drop(setup_shard)
+                    .await
+                    .unwrap();
+                // Judged consistent before the delete.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                sp.get_conn().await.unwrap().query_drop(bulk).await.unwrap();
+            })
     })
     .await;
     let mut expected = faults.expected.clone();
@@ -499,7 +533,11 @@ async fn a_purged_position_is_reported_as_a_gap() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("watch.toml");
-    std::fs::write(&config, data.config_text(&global.root_url(), &shard.root_url())).unwrap();
+    std::fs::write(
+        &config,
+        data.config_text(&global.root_url(), &shard.root_url()),
+    )
+    .unwrap();
     let port = free_port();
     let mut watch = spawn_watch(&config, dir.path(), port);
     assert!(wait_healthy(port, Duration::from_secs(20)).await);
@@ -554,7 +592,10 @@ async fn a_purged_position_is_reported_as_a_gap() {
         .lines()
         .find(|l| l.contains("GAP"))
         .unwrap_or_else(|| panic!("no GAP line: {stderr}"));
-    assert!(gap.contains("ERROR") && gap.contains("server `shard`"), "{gap}");
+    assert!(
+        gap.contains("ERROR") && gap.contains("server `shard`"),
+        "{gap}"
+    );
     assert!(gap.contains("blobcheck check --config"), "{gap}");
     faults.close().await;
 }

@@ -232,7 +232,9 @@ pub async fn server_version(
     conn: &mut Conn,
 ) -> std::result::Result<super::dialect::ServerVersion, mysql_async::Error> {
     let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
-    Ok(super::dialect::ServerVersion::parse(&version.unwrap_or_default()))
+    Ok(super::dialect::ServerVersion::parse(
+        &version.unwrap_or_default(),
+    ))
 }
 
 /// The end of the server's log now (`SHOW MASTER STATUS`, or MySQL 8.4's

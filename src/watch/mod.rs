@@ -278,7 +278,9 @@ async fn start_place(
     let name = source.databases.servers[server].name.clone();
     let mut conn = source.databases.conn(server).await?;
     let query_error = |e: mysql_async::Error| source.databases.query_error(server, e);
-    let version = binlog::server_version(&mut conn).await.map_err(query_error)?;
+    let version = binlog::server_version(&mut conn)
+        .await
+        .map_err(query_error)?;
     let grant = binlog::replication_grant(version, "<account>");
     let denied = |e: mysql_async::Error| {
         if crate::db::dialect::is_access_denied(&e) {
