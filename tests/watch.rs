@@ -309,7 +309,8 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
         blobcheck::demo::CHECKER_USER,
         blobcheck::demo::CHECKER_PASSWORD,
     );
-    let cases: [(&str, String, String, &[&str], &[&str]); 4] = [
+    type Case<'a> = (&'a str, String, String, &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 4] = [
         (
             "binary log off",
             unlogged.root_url(),

@@ -82,6 +82,9 @@ pub struct WatchOptions {
     pub stop: Option<StopRequest>,
 }
 
+/// A blob touched again and again is judged at the latest this many settle
+/// delays after the touch that started its wait.
+const MAX_WAIT_DELAYS: u32 = 4;
 /// Ranges held at most past the bound on ids.
 const MAX_RANGES: usize = 64;
 /// Judging tasks at once.
@@ -119,11 +122,15 @@ enum FromStream {
 
 /// What a judging task came to.
 struct Judged {
+    /// The ids settled by this task (candidates still to confirm excluded).
     ids: Vec<u64>,
     consistent: Vec<u64>,
     confirmed: Vec<Finding>,
     transient: u64,
     unsettled: u64,
+    /// Ids that looked wrong (or busy), to be confirmed in a wave of their
+    /// own, so that a long confirmation never holds up first reads.
+    candidates: Vec<Candidate>,
 }
 
 /// What the watch did, for its last log line.
@@ -499,7 +506,7 @@ impl Watch<'_> {
     fn restore(&mut self, state: &WatchState) {
         let now = Instant::now();
         for &id in &state.waiting {
-            self.pending.touch(id, now, None);
+            self.pending.touch(id, now, now, None);
         }
         for &(start, end) in &state.ranges {
             self.pending.touch_range(IdRange::new(start, end), now);
@@ -553,6 +560,7 @@ impl Watch<'_> {
     ) -> Result<WatchSummary> {
         let mut stop = self.options.stop.clone();
         let mut judges: JoinSet<Result<Judged>> = JoinSet::new();
+        let mut waves: JoinSet<Result<Judged>> = JoinSet::new();
         let mut scans: JoinSet<Result<(IdRange, Vec<Finding>)>> = JoinSet::new();
         let mut save = tokio::time::interval(self.options.state_interval);
         let mut behind = tokio::time::interval(BEHIND_INTERVAL);
@@ -569,6 +577,9 @@ impl Watch<'_> {
                 } => Wake::Stop,
                 Some(judged) = judges.join_next(), if !judges.is_empty() => {
                     Wake::Judged(judged.unwrap_or_else(|e| Err(Error::Usage(format!("a judging task failed: {e}")))))
+                }
+                Some(judged) = waves.join_next(), if !waves.is_empty() => {
+                    Wake::Judged(judged.unwrap_or_else(|e| Err(Error::Usage(format!("a confirmation failed: {e}")))))
                 }
                 Some(scanned) = scans.join_next(), if !scans.is_empty() => {
                     Wake::Scanned(scanned.unwrap_or_else(|e| Err(Error::Usage(format!("a range scan failed: {e}")))))
@@ -587,7 +598,15 @@ impl Watch<'_> {
                     return Err(Error::Usage("every binary log stream ended".into()));
                 }
                 Wake::Stream(Some((server, message))) => self.on_stream(server, message)?,
-                Wake::Judged(judged) => self.on_judged(judged?).await?,
+                Wake::Judged(judged) => {
+                    let mut judged = judged?;
+                    let candidates = std::mem::take(&mut judged.candidates);
+                    if !candidates.is_empty() {
+                        let source = Arc::clone(&self.source);
+                        waves.spawn(confirm(source, candidates, self.options.confirm));
+                    }
+                    self.on_judged(judged).await?;
+                }
                 Wake::Scanned(scanned) => {
                     let (range, candidates) = scanned?;
                     self.scanning.retain(|r| *r != range);
@@ -635,13 +654,15 @@ impl Watch<'_> {
                             server,
                             (change.committed_at, false, change.coordinates.clone()),
                         );
-                        let due = Instant::now() + self.options.confirm.settle_delay;
+                        let now = Instant::now();
+                        let due = now + self.options.confirm.settle_delay;
+                        let deadline = now + self.options.confirm.settle_delay * MAX_WAIT_DELAYS;
                         let touch = Touch {
                             server,
                             change: Arc::new(change),
                         };
                         for id in ids {
-                            self.pending.touch(id, due, Some(touch.clone()));
+                            self.pending.touch(id, due, deadline, Some(touch.clone()));
                         }
                     }
                     StreamEvent::Committed {
@@ -719,7 +740,7 @@ impl Watch<'_> {
                 // Judged already: it is judged again once this ends.
                 if self.judging.contains_key(&id) {
                     let again = now + self.options.confirm.settle_delay;
-                    self.pending.touch(id, again, touch);
+                    self.pending.touch(id, again, again, touch);
                     continue;
                 }
                 self.judging.insert(id, touch);
@@ -911,8 +932,8 @@ fn bytes_between(files: &[(String, u64)], from: &Coordinates, to: &Coordinates) 
     total
 }
 
-/// Reads touched ids, and confirms those that look wrong (and busy ones)
-/// the way `check` confirms its candidates.
+/// Reads touched ids once: the consistent ones are settled, the rest (and
+/// busy ones) become candidates for a confirmation wave.
 async fn judge(
     source: Arc<DbSource>,
     ids: Vec<u64>,
@@ -935,25 +956,43 @@ async fn judge(
             }
         }
     }
-    let mut all_ids = ids;
-    all_ids.extend(candidates.iter().map(|c| c.finding.blob_id));
-    all_ids.sort_unstable();
-    all_ids.dedup();
+    let settled: Vec<u64> = consistent.clone();
     if !confirm.enabled() {
+        let mut ids = settled;
+        ids.extend(candidates.iter().map(|c| c.finding.blob_id));
         let confirmed = candidates
             .into_iter()
             .map(|c| c.finding)
             .filter(|f| f.difference() != 0)
             .collect();
         return Ok(Judged {
-            ids: all_ids,
+            ids,
             consistent,
             confirmed,
             transient: 0,
             unsettled: 0,
+            candidates: Vec::new(),
         });
     }
     candidates.sort_by_key(|c| c.finding.blob_id);
+    Ok(Judged {
+        ids: settled,
+        consistent,
+        confirmed: Vec::new(),
+        transient: 0,
+        unsettled: 0,
+        candidates,
+    })
+}
+
+/// Confirms candidates the way `check` confirms its own, re-reading them a
+/// settle delay apart.
+async fn confirm(
+    source: Arc<DbSource>,
+    candidates: Vec<Candidate>,
+    confirm: ConfirmOptions,
+) -> Result<Judged> {
+    let ids: Vec<u64> = candidates.iter().map(|c| c.finding.blob_id).collect();
     let outcome = confirm_wave(
         source,
         candidates,
@@ -962,11 +1001,12 @@ async fn judge(
     )
     .await?;
     Ok(Judged {
-        ids: all_ids,
-        consistent,
+        ids,
+        consistent: Vec::new(),
         confirmed: outcome.confirmed,
         transient: outcome.transient + outcome.watched,
         unsettled: outcome.unsettled.len() as u64,
+        candidates: Vec::new(),
     })
 }
 

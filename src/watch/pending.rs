@@ -18,6 +18,8 @@ use crate::plan::IdRange;
 #[derive(Debug, Clone)]
 struct Entry<T, O> {
     due: T,
+    /// The latest it may wait, however often it is touched again.
+    deadline: T,
     origin: O,
 }
 
@@ -58,10 +60,13 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
         self.ranges.len()
     }
 
-    /// `id` was touched by `origin`; it is judged at `due` at the earliest.
-    pub fn touch(&mut self, id: u64, due: T, origin: O) {
+    /// `id` was touched by `origin`; it is judged at `due` at the earliest,
+    /// and no later than `deadline` as first given (a blob touched without
+    /// pause would otherwise never be judged).
+    pub fn touch(&mut self, id: u64, due: T, deadline: T, origin: O) {
         if let Some(entry) = self.ids.get_mut(&id) {
             self.queue.remove(&(entry.due, id));
+            let due = due.min(entry.deadline);
             entry.due = due;
             entry.origin = origin;
             self.queue.insert((due, id));
@@ -75,7 +80,15 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
             return;
         }
         if self.ids.len() < self.max_ids {
-            self.ids.insert(id, Entry { due, origin });
+            let due = due.min(deadline);
+            self.ids.insert(
+                id,
+                Entry {
+                    due,
+                    deadline,
+                    origin,
+                },
+            );
             self.queue.insert((due, id));
         } else {
             self.add_range(IdRange::new(id, id), due);
@@ -200,18 +213,23 @@ mod tests {
     #[test]
     fn touching_again_restarts_the_wait() {
         let mut p: Pending<u32, &str> = Pending::new(10, 4);
-        p.touch(5, 10, "first");
-        p.touch(5, 20, "second");
+        p.touch(5, 10, 100, "first");
+        p.touch(5, 20, 100, "second");
         assert!(p.take_due(15, 10).is_empty());
         assert_eq!(p.take_due(20, 10), vec![(5, "second")]);
         assert!(p.is_empty());
+        // Touched again and again, it is still judged by its deadline.
+        p.touch(6, 10, 25, "a");
+        p.touch(6, 20, 35, "b");
+        p.touch(6, 30, 45, "c");
+        assert_eq!(p.take_due(25, 10), vec![(6, "c")]);
     }
 
     #[test]
     fn past_the_bound_ids_become_ranges() {
         let mut p: Pending<u32, ()> = Pending::new(2, 2);
         for id in [10, 20, 30, 31, 1000, u64::MAX] {
-            p.touch(id, 1, ());
+            p.touch(id, 1, 1, ());
         }
         assert!(p.len() <= 2);
         assert!(p.range_count() <= 2);
@@ -234,15 +252,20 @@ mod tests {
         #[test]
         fn nothing_touched_is_lost(
             touches in proptest::collection::vec((0u64..200, 0u32..50), 0..300),
+            cap in 0u32..60,
             max_ids in 1usize..20,
             max_ranges in 1usize..5,
             limit in 1usize..10,
         ) {
             let mut p: Pending<u32, u32> = Pending::new(max_ids, max_ranges);
             let mut last_due: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut deadline: BTreeMap<u64, u32> = BTreeMap::new();
             for &(id, due) in &touches {
-                p.touch(id, due, due);
-                last_due.insert(id, due);
+                // The model: the deadline is set by the touch that starts a
+                // wait, and caps every later touch's due time.
+                let limit = *deadline.entry(id).or_insert(due.saturating_add(cap));
+                p.touch(id, due, due.saturating_add(cap), due.min(limit));
+                last_due.insert(id, due.min(limit));
                 prop_assert!(p.len() <= max_ids);
                 prop_assert!(p.range_count() <= max_ranges);
             }

@@ -1,0 +1,270 @@
+//! Watch benchmark: churn on two servers with binary logs, a fault injected
+//! every few seconds, and `blobcheck watch` (the binary, as a process)
+//! following them. Measures the detection latency of each fault (from its
+//! commit to its finding line in the output file), false findings, the
+//! churn's rate, and the watch's CPU time and resident memory over the run.
+//!
+//! ```sh
+//! cargo build --release
+//! cargo bench --bench watch -- --blobs 100000 --seconds 120 [--settle-delay 3] \
+//!     [--confirmations 2] [--fault-every-ms 2000] [--writers 12] [--blobcheck PATH]
+//! ```
+//!
+//! Not a timed test: without arguments (as `cargo test --benches` runs it)
+//! it only prints how to run it. Results go to BENCHMARKS.md.
+
+#[path = "../tests/churn_support/mod.rs"]
+mod churn_support;
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/watch_support/mod.rs"]
+mod watch_support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use churn_support::{Dataset, WriterOptions, Writers, blocking};
+use watch_support::{FAULT_BASE, Faults, logged_pair};
+
+struct Args {
+    blobs: usize,
+    seconds: u64,
+    settle: String,
+    confirmations: String,
+    fault_every: Duration,
+    writers: usize,
+    binary: std::path::PathBuf,
+}
+
+fn parse() -> Option<Args> {
+    let raw: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if raw.is_empty() {
+        return None;
+    }
+    let value = |name: &str| {
+        raw.iter()
+            .position(|a| a == name)
+            .and_then(|i| raw.get(i + 1).cloned())
+    };
+    let default_binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join("blobcheck")))
+        .unwrap_or_default();
+    Some(Args {
+        blobs: value("--blobs").map_or(100_000, |v| v.parse().unwrap()),
+        seconds: value("--seconds").map_or(120, |v| v.parse().unwrap()),
+        settle: value("--settle-delay").unwrap_or_else(|| "3".into()),
+        confirmations: value("--confirmations").unwrap_or_else(|| "2".into()),
+        fault_every: Duration::from_millis(
+            value("--fault-every-ms").map_or(2_000, |v| v.parse().unwrap()),
+        ),
+        writers: value("--writers").map_or(12, |v| v.parse().unwrap()),
+        binary: value("--blobcheck").map_or(default_binary, Into::into),
+    })
+}
+
+/// (resident kB, CPU seconds) of a process, from /proc.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after ')'.
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (rss, cpu)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let Some(args) = parse() else {
+        println!(
+            "watch benchmark: cargo bench --bench watch -- --blobs 100000 --seconds 120 (see benches/watch.rs)"
+        );
+        return;
+    };
+    let (global, shard) = blocking(|| logged_pair("wbench")).await;
+    let data = Arc::new(Dataset::generate("wbench", 7, args.blobs, 20, 300, false));
+    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
+    let t = Instant::now();
+    let (global, shard) = blocking(move || {
+        global.run_sql(&global_sql).unwrap();
+        shard.run_sql(&shard_sql).unwrap();
+        (global, shard)
+    })
+    .await;
+    println!(
+        "{} blobs loaded in {:.1} s",
+        data.blobs.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("watch.toml");
+    std::fs::write(
+        &config,
+        data.config_text(&global.root_url(), &shard.root_url()),
+    )
+    .unwrap();
+    let output = dir.path().join("found.jsonl");
+    let mut watch = std::process::Command::new(&args.binary)
+        .args(["watch", "--config"])
+        .arg(&config)
+        .args(["--format", "json", "--output"])
+        .arg(&output)
+        .args([
+            "--settle-delay",
+            &args.settle,
+            "--confirmations",
+            &args.confirmations,
+        ])
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .expect("blobcheck watch starts");
+    let pid = watch.id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let writers = Writers::start(
+        Arc::new(data.app()),
+        &global.root_url(),
+        &shard.root_url(),
+        WriterOptions {
+            writers: args.writers,
+            ..WriterOptions::default()
+        },
+    )
+    .await;
+    let mut faults = Faults::new(
+        &global.root_url(),
+        &shard.root_url(),
+        &data.global_db,
+        &data.shard_db,
+        FAULT_BASE,
+    );
+    let started = Instant::now();
+    let mut seen_at: HashMap<u64, Instant> = HashMap::new();
+    let mut rss = Vec::new();
+    let (_, cpu_start) = usage(pid);
+    let mut next_fault = Instant::now();
+    let mut n = 0;
+    let poll = |seen_at: &mut HashMap<u64, Instant>| {
+        for f in common::read_findings(&output) {
+            seen_at.entry(f.blob_id).or_insert_with(Instant::now);
+        }
+    };
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        if Instant::now() >= next_fault {
+            faults.inject(n).await;
+            n += 1;
+            next_fault += args.fault_every;
+        }
+        poll(&mut seen_at);
+        if rss.len() < started.elapsed().as_secs() as usize + 1 {
+            rss.push(usage(pid).0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, cpu_churn) = usage(pid);
+    let churn = writers.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        poll(&mut seen_at);
+        if faults
+            .committed
+            .iter()
+            .all(|(id, _)| seen_at.contains_key(id))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, cpu_end) = usage(pid);
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = watch.wait().unwrap();
+
+    let mut latencies: Vec<f64> = faults
+        .committed
+        .iter()
+        .filter_map(|(id, at)| {
+            seen_at
+                .get(id)
+                .map(|seen| seen.duration_since(*at).as_secs_f64())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let found = common::read_findings(&output);
+    let false_findings: Vec<&common::Exact> = found
+        .iter()
+        .filter(|f| !faults.expected.iter().any(|e| watch_support::same(f, e)))
+        .collect();
+    let missed = faults.expected.len() - latencies.len();
+    let churn_seconds = args.seconds as f64;
+    println!("churn: {churn}");
+    println!(
+        "faults injected {}, found {}, missed {missed}, false findings {}",
+        faults.expected.len(),
+        latencies.len(),
+        false_findings.len()
+    );
+    println!(
+        "detection latency (commit to finding line): p50 {:.2} s, p99 {:.2} s, max {:.2} s (settle {} s, {} confirmations)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        args.settle,
+        args.confirmations
+    );
+    let ops = writers_ops(&churn);
+    println!(
+        "watch CPU: {:.2} s over {churn_seconds:.0} s of churn ({:.3} s per 1,000 operations), {:.2} s in all",
+        cpu_churn - cpu_start,
+        (cpu_churn - cpu_start) / (ops / 1_000.0),
+        cpu_end - cpu_start
+    );
+    let first = rss.first().copied().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    let max = rss.iter().copied().max().unwrap_or(0);
+    println!(
+        "watch RSS: first {:.1} MB, last {:.1} MB, max {:.1} MB ({} samples)",
+        first as f64 / 1024.0,
+        last as f64 / 1024.0,
+        max as f64 / 1024.0,
+        rss.len()
+    );
+    println!("watch exit status: {:?}", status.code());
+    for f in false_findings.iter().take(10) {
+        println!("FALSE: {f:?}");
+    }
+    faults.close().await;
+}
+
+/// The operation count from `Writers::stop`'s line.
+fn writers_ops(line: &str) -> f64 {
+    line.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1.0)
+}
