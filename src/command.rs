@@ -205,6 +205,7 @@ pub async fn demo_watch(stop: StopRequest) -> Result<u64> {
     let options = crate::watch::WatchOptions {
         confirm: settings.confirm_options(),
         scan: settings.scan_options(),
+        throttle: settings.throttle_options(),
         retry_for: settings.retry_for(),
         max_connections_per_server: settings.max_connections_per_server,
         affected_rows: 0,
@@ -368,6 +369,7 @@ impl WatchArgs {
         Ok(crate::watch::WatchOptions {
             confirm: settings.confirm_options(),
             scan: settings.scan_options(),
+            throttle: settings.throttle_options(),
             retry_for: settings.retry_for(),
             max_connections_per_server: settings.max_connections_per_server,
             affected_rows: settings.affected_rows,
@@ -430,10 +432,10 @@ pub async fn watch(
 
 /// `doctor`: every readiness check, reported on stdout. Ready is a success;
 /// not ready an error that points at the report.
-pub async fn doctor(config: &Config) -> Result<()> {
+pub async fn doctor(config: &Config, watch: bool) -> Result<()> {
     let ready = {
         let mut out = std::io::stdout().lock();
-        crate::doctor::run(config, &mut out).await
+        crate::doctor::run_for(config, &mut out, watch).await
     }?;
     if ready {
         Ok(())

@@ -69,6 +69,9 @@ enum Command {
         /// The TOML configuration.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Also check what `watch` needs of every server it follows: binary log settings, replication grants, server id.
+        #[arg(long)]
+        watch: bool,
     },
     /// Re-verify the findings of a check and print guarded UPDATE statements for a person to review and run on the primary; runs nothing itself.
     RepairSql {
@@ -223,9 +226,9 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             let stop = stop_on_signals(&runtime)?;
             runtime.block_on(command::demo(&args, quiet, stop))
         }
-        Command::Doctor { config } => {
+        Command::Doctor { config, watch } => {
             let config = Config::load(&config)?;
-            runtime.block_on(command::doctor(&config))?;
+            runtime.block_on(command::doctor(&config, watch))?;
             Ok(0)
         }
         Command::RepairSql {

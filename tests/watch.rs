@@ -366,7 +366,41 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
                 lines[0]
             );
         }
+        // `doctor --watch` says the same, as FAIL lines, in the section of
+        // the server at fault (a server id given to `watch` it cannot know).
+        if extra.is_empty() {
+            let (status, stdout, _) = common::run_cli(
+                &["doctor", "--watch", "--config", config.to_str().unwrap()],
+                &[],
+            );
+            assert_eq!(status, 2, "{case}: doctor --watch is not ready:\n{stdout}");
+            let fails: Vec<&str> = stdout
+                .lines()
+                .filter(|l| l.trim_start().starts_with("FAIL") && l.contains("for watch:"))
+                .collect();
+            // The problem, or its fix on the line below it.
+            assert!(
+                !fails.is_empty() && stdout.contains(wanted[1]),
+                "{case}: doctor --watch lacks `{}`:\n{stdout}",
+                wanted[1]
+            );
+        }
     }
+    // A server ready for the watch gets its ok line.
+    let config = dir.path().join("good.toml");
+    std::fs::write(
+        &config,
+        data.config_text(&good.root_url(), &good.root_url()),
+    )
+    .unwrap();
+    let (_, stdout, _) = common::run_cli(
+        &["doctor", "--watch", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        stdout.contains("ok    for watch: binary log on, binlog_format ROW, binlog_row_image FULL"),
+        "{stdout}"
+    );
 }
 
 /// What servers do to a stream: a reference table altered while watching

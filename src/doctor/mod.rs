@@ -59,6 +59,13 @@ use report::{Report, plural};
 /// Returns whether the check is ready to run (no `FAIL` line). Only an
 /// output that cannot be written is an error.
 pub async fn run(config: &Config, out: &mut dyn Write) -> Result<bool> {
+    run_for(config, out, false).await
+}
+
+/// [`run`], and with `watch` also what `blobcheck watch` needs of every
+/// server it would follow (binary log settings, grants, server id), as
+/// `FAIL` lines: the watch would not start without them.
+pub async fn run_for(config: &Config, out: &mut dyn Write, watch: bool) -> Result<bool> {
     let mut report = Report::new(out);
     report.write(&header(config))?;
 
@@ -71,6 +78,7 @@ pub async fn run(config: &Config, out: &mut dyn Write) -> Result<bool> {
     let doctor = Doctor {
         config,
         db: &databases,
+        watch,
     };
     let result = doctor.run(&mut report, conns).await;
     databases.disconnect().await;
@@ -194,6 +202,8 @@ fn describe_shards(report: &mut Report<'_>, d: &Discovery, shards: &[Shard]) -> 
 struct Doctor<'a> {
     config: &'a Config,
     db: &'a Databases,
+    /// Also check what `watch` needs of every server it would follow.
+    watch: bool,
 }
 
 impl Doctor<'_> {

@@ -65,7 +65,74 @@ impl Doctor<'_> {
         self.read_only(report, &mut conn).await?;
         self.replication(report, &mut conn, &facts).await?;
         self.connections(report, &mut conn).await?;
+        let followed =
+            self.config.blobs.server == i || self.config.references.iter().any(|r| r.server == i);
+        if self.watch && followed {
+            self.watch_readiness(report, &mut conn).await?;
+        }
         Ok(facts)
+    }
+
+    /// Whether `blobcheck watch` could follow this server's log (`doctor
+    /// --watch`): what would stop it is a `FAIL`.
+    async fn watch_readiness(&self, report: &mut Report<'_>, conn: &mut Conn) -> Result<()> {
+        use crate::db::binlog;
+        let version = match binlog::server_version(conn).await {
+            Ok(version) => version,
+            Err(_) => return Ok(()),
+        };
+        let grant = binlog::replication_grant(version, "<account>");
+        let settings = match binlog::log_settings(conn).await {
+            Ok(settings) => settings,
+            Err(e) => {
+                return report.line_fix(
+                    Mark::Fail,
+                    format!(
+                        "for watch: cannot read the binary log settings or replica status: {}",
+                        one_line(e)
+                    ),
+                    Some(grant),
+                );
+            }
+        };
+        let problems = binlog::settings_problems(&settings);
+        if !problems.is_empty() {
+            for problem in problems {
+                report.line(Mark::Fail, format!("for watch: {problem}"))?;
+            }
+            return Ok(());
+        }
+        if let Err(e) = binlog::log_end(conn).await {
+            return report.line_fix(
+                Mark::Fail,
+                format!(
+                    "for watch: the account may not read the binary log position: {}",
+                    one_line(e)
+                ),
+                Some(grant),
+            );
+        }
+        if settings.server_id == binlog::DEFAULT_REPLICATION_SERVER_ID {
+            return report.line_fix(
+                Mark::Fail,
+                format!(
+                    "for watch: the server's server_id {} is the id watch registers with by default",
+                    settings.server_id
+                ),
+                Some("pass watch --server-id with an id no server or replica uses".to_owned()),
+            );
+        }
+        report.line(
+            Mark::Ok,
+            format!(
+                "for watch: binary log on, binlog_format ROW, binlog_row_image FULL{}; the account may read the log position",
+                if settings.is_replica {
+                    ", log_slave_updates on this replica"
+                } else {
+                    ""
+                }
+            ),
+        )
     }
 
     /// A server that cannot be reached, with what to check.

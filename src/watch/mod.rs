@@ -65,6 +65,8 @@ pub struct WatchOptions {
     pub confirm: ConfirmOptions,
     /// Chunked reads of ranges that hold more touched ids than the bound.
     pub scan: ScanOptions,
+    /// When reads may happen (`check`'s limits).
+    pub throttle: crate::throttle::ThrottleOptions,
     pub retry_for: Duration,
     pub max_connections_per_server: usize,
     pub affected_rows: u64,
@@ -160,6 +162,19 @@ pub async fn run(
     )
     .await?;
     source.retry_for = options.retry_for;
+    // Reads wait for the same limits as `check`'s (replica lag, threads
+    // running, rows per second); the streams do not: falling behind the
+    // logs would only delay the findings.
+    let throttle = crate::throttle::Throttle::start(
+        options.throttle.clone(),
+        config
+            .servers
+            .iter()
+            .zip(&source.databases.pools)
+            .map(|(s, p)| (s.name.clone(), p.clone()))
+            .collect(),
+    );
+    source.throttle = Arc::clone(&throttle);
     let source = Arc::new(source);
 
     let watched = watched_tables(config);

@@ -52,6 +52,7 @@ pub fn watch_options(settle: Duration, confirmations: u32, stop: StopRequest) ->
             ..ConfirmOptions::disabled()
         },
         scan: ScanOptions::fixed(5_000, 2),
+        throttle: blobcheck::throttle::ThrottleOptions::default(),
         retry_for: Duration::from_secs(60),
         max_connections_per_server: 10,
         affected_rows: 3,
