@@ -12,51 +12,84 @@ use std::time::Duration;
 
 use churn_support::{Dataset, WriterOptions, Writers, blocking, writer_seed};
 use watch_support::{
-    FAULT_BASE, Faults, HIGH_FAULT_BASE, RunningWatch, bare, logged_pair, watch_options,
+    FAULT_BASE, Faults, HIGH_FAULT_BASE, Pair, RunningWatch, bare, logged_pair, watch_options,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_injected_fault_is_reported_exactly_under_churn() {
     let (global, shard) = blocking(|| logged_pair("wchurn")).await;
     let data = Arc::new(Dataset::generate("wchurn", 21, 20_000, 40, 300, false));
-    {
-        let d = Arc::clone(&data);
-        let (g, s) = (global.root_url(), shard.root_url());
-        drop((g, s));
-        let global_sql = d.global_sql();
-        let shard_sql = d.shard_sql();
-        let (global, shard) = blocking(move || {
-            global.run_sql(&global_sql).unwrap();
-            shard.run_sql(&shard_sql).unwrap();
-            (global, shard)
-        })
-        .await;
-        run(global, shard, data).await;
-    }
-}
-
-async fn run(
-    global: blobcheck::sandbox::Sandbox,
-    shard: blobcheck::sandbox::Sandbox,
-    data: Arc<Dataset>,
-) {
-    let config = data.config(&global.root_url(), &shard.root_url());
-    let watch = RunningWatch::start(&config, |stop| {
-        watch_options(Duration::from_millis(1_000), 2, stop)
+    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
+    let (global, shard) = blocking(move || {
+        global.run_sql(&global_sql).unwrap();
+        shard.run_sql(&shard_sql).unwrap();
+        (global, shard)
     })
     .await;
+    let urls = Urls {
+        write_global: global.root_url(),
+        write_shard: shard.root_url(),
+        watch_global: global.root_url(),
+        watch_shard: shard.root_url(),
+    };
+    churn_with_faults(&urls, &data, Duration::from_millis(1_000)).await;
+}
+
+/// The same on replicas: the writers and the faults go to the primaries,
+/// the watch follows the replicas (which log what they apply), and the
+/// shard replica applies everything a second after the global one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_replicas_with_the_shard_behind_every_fault_is_reported_exactly() {
+    let shard = tokio::task::spawn_blocking(|| Pair::start("wrep_shard", 33, 1));
+    let global = blocking(|| Pair::start("wrep_global", 31, 0)).await;
+    let shard = shard.await.unwrap();
+    let data = Arc::new(Dataset::generate("wrep", 13, 10_000, 20, 300, false));
+    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
+    let (global, shard) = blocking(move || {
+        global.primary.run_sql(&global_sql).unwrap();
+        shard.primary.run_sql(&shard_sql).unwrap();
+        global.wait_caught_up();
+        shard.wait_caught_up();
+        (global, shard)
+    })
+    .await;
+    let urls = Urls {
+        write_global: global.primary.root_url(),
+        write_shard: shard.primary.root_url(),
+        watch_global: global.replica.root_url(),
+        watch_shard: shard.replica.root_url(),
+    };
+    // The settle delay covers the writers' pause and the replicas' lag
+    // difference; the confirmation's re-reads span twice that.
+    churn_with_faults(&urls, &data, Duration::from_millis(1_500)).await;
+}
+
+/// Where the application writes and what the watch follows.
+struct Urls {
+    write_global: String,
+    write_shard: String,
+    watch_global: String,
+    watch_shard: String,
+}
+
+/// Churn, 18 faults injected at random moments (six above 2⁶³), and the
+/// watch's findings compared with them: exactly, nothing else, and each
+/// with the change that made it.
+async fn churn_with_faults(urls: &Urls, data: &Arc<Dataset>, settle: Duration) {
+    let config = data.config(&urls.watch_global, &urls.watch_shard);
+    let watch = RunningWatch::start(&config, |stop| watch_options(settle, 2, stop)).await;
 
     let writers = Writers::start(
         Arc::new(data.app()),
-        &global.root_url(),
-        &shard.root_url(),
+        &urls.write_global,
+        &urls.write_shard,
         WriterOptions::default(),
     )
     .await;
     let seed = writer_seed();
     let mut faults = Faults::new(
-        &global.root_url(),
-        &shard.root_url(),
+        &urls.write_global,
+        &urls.write_shard,
         &data.global_db,
         &data.shard_db,
         FAULT_BASE,
@@ -65,8 +98,8 @@ async fn run(
         .inject_randomly(12, Duration::from_millis(800), seed)
         .await;
     let mut high = Faults::new(
-        &global.root_url(),
-        &shard.root_url(),
+        &urls.write_global,
+        &urls.write_shard,
         &data.global_db,
         &data.shard_db,
         HIGH_FAULT_BASE,
@@ -74,7 +107,7 @@ async fn run(
     high.inject_randomly(6, Duration::from_millis(500), seed ^ 1)
         .await;
     // Churn goes on while the last faults are judged.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(settle * 5).await;
     let churn = writers.stop().await;
     println!("churn: {churn}");
 
@@ -82,7 +115,8 @@ async fn run(
     expected.extend(high.expected.clone());
     watch.wait_for(&expected, Duration::from_secs(40)).await;
     // Anything false would have had the time to show too.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(settle * 5).await;
+    let lines = watch.lines();
     let (found, summary) = watch.stop().await;
     println!("{summary:?}");
     assert_eq!(
@@ -90,6 +124,38 @@ async fn run(
         bare(&expected),
         "the watch must report exactly the injected faults (seed {seed})"
     );
+    // Each names the change: when, where in which log, and the statement
+    // (MariaDB annotates row events by default).
+    for line in &lines {
+        let change = &line["change"];
+        assert!(
+            line["changed_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{line}"
+        );
+        assert!(line["latency_seconds"].as_f64().is_some(), "{line}");
+        assert!(
+            change["binlog"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("mysql-bin.")),
+            "{line}"
+        );
+        assert!(
+            change["gtid"]
+                .as_str()
+                .is_some_and(|g| g.split('-').count() == 3),
+            "{line}"
+        );
+        let statement = change["statement"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no statement: {line}"));
+        let id = line["blob_id"].as_u64().unwrap().to_string();
+        assert!(
+            statement.contains(&id) || statement.contains("AttachmentID"),
+            "the statement names the blob or its row: {line}"
+        );
+    }
     faults.close().await;
     high.close().await;
 }

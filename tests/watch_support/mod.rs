@@ -359,3 +359,64 @@ pub fn bare(findings: &[Exact]) -> Vec<Exact> {
     out.sort();
     out
 }
+
+/// A primary and its replica, both with binary logs; the replica logs what
+/// it applies (`log_slave_updates`), `delay_secs` late (`MASTER_DELAY`).
+pub struct Pair {
+    pub primary: Sandbox,
+    pub replica: Sandbox,
+}
+
+impl Pair {
+    pub fn start(name: &str, server_id: u32, delay_secs: u64) -> Pair {
+        let primary_name = format!("{name}_primary");
+        let primary = std::thread::spawn(move || logged_server(&primary_name, server_id));
+        let replica_name = format!("{name}_replica");
+        let replica = Sandbox::start(
+            SandboxOptions::new(replica_name.as_str())
+                .arg("--log-bin=mysql-bin")
+                .arg(format!("--server-id={}", server_id + 1))
+                .arg("--binlog-format=ROW")
+                .arg("--binlog-row-image=FULL")
+                .arg("--log-slave-updates=ON"),
+        )
+        .unwrap_or_else(|e| panic!("starting {replica_name}: {e}"));
+        let primary = primary.join().unwrap();
+        replica
+            .run_sql(&format!(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+                 MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, \
+                 MASTER_DELAY={delay_secs}; START SLAVE;",
+                primary.port()
+            ))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = replica
+                .query("SHOW GLOBAL STATUS LIKE 'Slave_running'")
+                .unwrap();
+            if rows[0][1] == "ON" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: replication did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Pair { primary, replica }
+    }
+
+    /// Waits until the replica has applied everything the primary wrote.
+    pub fn wait_caught_up(&self) {
+        let position = &self.primary.query("SELECT @@gtid_binlog_pos").unwrap()[0][0];
+        let waited = self
+            .replica
+            .query(&format!("SELECT MASTER_GTID_WAIT('{position}', 120)"))
+            .unwrap();
+        assert_eq!(
+            waited[0][0], "0",
+            "the replica did not reach GTID {position}"
+        );
+    }
+}
