@@ -7,7 +7,8 @@
 //! ```sh
 //! cargo build --release
 //! cargo bench --bench watch -- --blobs 100000 --seconds 120 [--settle-delay 3] \
-//!     [--confirmations 2] [--fault-every-ms 2000] [--writers 12] [--blobcheck PATH]
+//!     [--confirmations 2] [--fault-every-ms 2000] [--writers 12] [--blobcheck PATH] \
+//!     [--replicas DELAY_SECS] [--bulk-delete N] [--max-waiting N]
 //! ```
 //!
 //! Not a timed test: without arguments (as `cargo test --benches` runs it)
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use churn_support::{Dataset, WriterOptions, Writers, blocking};
-use watch_support::{FAULT_BASE, Faults, logged_pair};
+use watch_support::{FAULT_BASE, Faults, Pair, logged_pair};
 
 struct Args {
     blobs: usize,
@@ -35,6 +36,11 @@ struct Args {
     fault_every: Duration,
     writers: usize,
     binary: std::path::PathBuf,
+    /// Follow replicas, the shard's this many seconds behind.
+    replicas: Option<u64>,
+    /// Then delete this many references at once (counts left as they are).
+    bulk: u64,
+    max_waiting: String,
 }
 
 fn parse() -> Option<Args> {
@@ -64,6 +70,9 @@ fn parse() -> Option<Args> {
         ),
         writers: value("--writers").map_or(12, |v| v.parse().unwrap()),
         binary: value("--blobcheck").map_or(default_binary, Into::into),
+        replicas: value("--replicas").map(|v| v.parse().unwrap()),
+        bulk: value("--bulk-delete").map_or(0, |v| v.parse().unwrap()),
+        max_waiting: value("--max-waiting").unwrap_or_else(|| "100000".into()),
     })
 }
 
@@ -107,28 +116,54 @@ async fn main() {
         );
         return;
     };
-    let (global, shard) = blocking(|| logged_pair("wbench")).await;
     let data = Arc::new(Dataset::generate("wbench", 7, args.blobs, 20, 300, false));
     let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
     let t = Instant::now();
-    let (global, shard) = blocking(move || {
-        global.run_sql(&global_sql).unwrap();
-        shard.run_sql(&shard_sql).unwrap();
-        (global, shard)
-    })
-    .await;
+    // (write URLs, watched URLs, the servers kept alive)
+    let (write, watched, _servers): ((String, String), (String, String), Box<dyn std::any::Any>) =
+        match args.replicas {
+            None => {
+                let (global, shard) = blocking(|| logged_pair("wbench")).await;
+                let (global, shard) = blocking(move || {
+                    global.run_sql(&global_sql).unwrap();
+                    shard.run_sql(&shard_sql).unwrap();
+                    (global, shard)
+                })
+                .await;
+                let urls = (global.root_url(), shard.root_url());
+                (urls.clone(), urls, Box::new((global, shard)))
+            }
+            Some(delay) => {
+                let shard =
+                    tokio::task::spawn_blocking(move || Pair::start("wbench_shard", 43, delay));
+                let global = blocking(|| Pair::start("wbench_global", 41, 0)).await;
+                let shard = shard.await.unwrap();
+                let (global, shard) = blocking(move || {
+                    global.primary.run_sql(&global_sql).unwrap();
+                    shard.primary.run_sql(&shard_sql).unwrap();
+                    global.wait_caught_up();
+                    shard.wait_caught_up();
+                    (global, shard)
+                })
+                .await;
+                (
+                    (global.primary.root_url(), shard.primary.root_url()),
+                    (global.replica.root_url(), shard.replica.root_url()),
+                    Box::new((global, shard)),
+                )
+            }
+        };
     println!(
-        "{} blobs loaded in {:.1} s",
+        "{} blobs loaded in {:.1} s{}",
         data.blobs.len(),
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        args.replicas
+            .map(|d| format!("; the watch follows replicas, the shard's {d} s behind"))
+            .unwrap_or_default()
     );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("watch.toml");
-    std::fs::write(
-        &config,
-        data.config_text(&global.root_url(), &shard.root_url()),
-    )
-    .unwrap();
+    std::fs::write(&config, data.config_text(&watched.0, &watched.1)).unwrap();
     let output = dir.path().join("found.jsonl");
     let mut watch = std::process::Command::new(&args.binary)
         .args(["watch", "--config"])
@@ -140,6 +175,8 @@ async fn main() {
             &args.settle,
             "--confirmations",
             &args.confirmations,
+            "--max-waiting",
+            &args.max_waiting,
         ])
         .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
@@ -149,8 +186,8 @@ async fn main() {
 
     let writers = Writers::start(
         Arc::new(data.app()),
-        &global.root_url(),
-        &shard.root_url(),
+        &write.0,
+        &write.1,
         WriterOptions {
             writers: args.writers,
             ..WriterOptions::default()
@@ -158,8 +195,8 @@ async fn main() {
     )
     .await;
     let mut faults = Faults::new(
-        &global.root_url(),
-        &shard.root_url(),
+        &write.0,
+        &write.1,
         &data.global_db,
         &data.shard_db,
         FAULT_BASE,
@@ -189,6 +226,9 @@ async fn main() {
     }
     let (_, cpu_churn) = usage(pid);
     let churn = writers.stop().await;
+    if args.bulk > 0 {
+        bulk_delete(&write, &data, args.bulk, pid).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         poll(&mut seen_at);
@@ -267,4 +307,66 @@ fn writers_ops(line: &str) -> f64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1.0)
+}
+
+/// Creates `n` blobs with one reference each, then deletes every reference
+/// in one statement without touching the counts (`n` orphans), and watches
+/// the watch's memory until it has reported them all.
+async fn bulk_delete(write: &(String, String), data: &Dataset, n: u64, pid: u32) {
+    use mysql_async::prelude::Queryable;
+    let base = 1u64 << 53;
+    let global = mysql_async::Pool::new(mysql_async::Opts::from_url(&write.0).unwrap());
+    let shard = mysql_async::Pool::new(mysql_async::Opts::from_url(&write.1).unwrap());
+    for chunk in (1..=n).collect::<Vec<u64>>().chunks(10_000) {
+        let blobs: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("({},1,1)", base + i))
+            .collect();
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("({},0,{})", (1u64 << 47) + i, base + i))
+            .collect();
+        let mut g = global.get_conn().await.unwrap();
+        g.query_drop(format!(
+            "INSERT INTO `{}`.BlobStorage (BlobStorageID, NumReferences, Size) VALUES {}",
+            data.global_db,
+            blobs.join(",")
+        ))
+        .await
+        .unwrap();
+        let mut s = shard.get_conn().await.unwrap();
+        s.query_drop(format!(
+            "INSERT INTO `{}`.Attachment (AttachmentID, MessageID, BlobStorageID) VALUES {}",
+            data.shard_db,
+            rows.join(",")
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = usage(pid).0;
+    let t = Instant::now();
+    let mut s = shard.get_conn().await.unwrap();
+    s.query_drop(format!(
+        "DELETE FROM `{}`.Attachment WHERE AttachmentID > {}",
+        data.shard_db,
+        1u64 << 47
+    ))
+    .await
+    .unwrap();
+    println!(
+        "bulk delete of {n} references in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut max = before;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        max = max.max(usage(pid).0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "bulk delete: watch RSS {:.1} MB before, {:.1} MB at most in the minute after",
+        before as f64 / 1024.0,
+        max as f64 / 1024.0
+    );
 }

@@ -234,30 +234,36 @@ impl<'a> JsonFinding<'a> {
     }
 }
 
-/// Where a finding of `watch` came from: the change that last touched the
-/// blob before it was found, and when.
+/// Where a finding of `watch` came from: the changes that touched the blob
+/// before it was found (the last few, oldest first), and when.
 #[derive(Debug, Clone, Serialize)]
 pub struct Origin {
-    /// When the change was committed (UTC, RFC 3339), if known: ids left
-    /// waiting by a previous run have no change.
+    /// When the latest of the changes was committed (UTC, RFC 3339), if
+    /// any is known: ids left waiting by a previous run, and those a range
+    /// scan found, have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed_at: Option<String>,
     pub detected_at: String,
-    /// Seconds from the commit to the finding.
+    /// Seconds from the latest change's commit to the finding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub change: Option<ChangeNote>,
+    /// The changes, oldest first. One operation of the application writes
+    /// on several servers, so the write that broke the count is one of
+    /// them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ChangeNote>,
 }
 
-/// The change itself: the server, its log coordinates (`file:position`),
-/// its GTID, and the statement's text where the server logs it.
+/// One change: the server, its log coordinates (`file:position`, the end of
+/// its row event), its GTID, its commit time (the event's timestamp, in
+/// seconds), and the statement's text where the server logs it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeNote {
     pub server: String,
     pub binlog: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gtid: Option<String>,
+    pub committed_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
 }
@@ -403,28 +409,36 @@ impl Reporter {
             }
             Format::Text => {
                 self.finding(finding, affected)?;
-                let mut line = format!("{:>66}", "");
-                match (&origin.changed_at, &origin.change) {
-                    (Some(at), Some(change)) => {
-                        line.push_str(&format!(
-                            "changed {at} on {} at {}",
-                            change.server, change.binlog
-                        ));
-                        if let Some(gtid) = &change.gtid {
-                            line.push_str(&format!(" (GTID {gtid})"));
+                let indent = format!("{:>66}", "");
+                let mut lines = Vec::new();
+                match &origin.latency_seconds {
+                    Some(latency) => lines.push(format!(
+                        "{indent}found {latency:.1} s after the change{}:",
+                        if origin.changes.len() > 1 {
+                            "s that touched it last"
+                        } else {
+                            " that touched it last"
                         }
-                        if let Some(latency) = origin.latency_seconds {
-                            line.push_str(&format!(", found {latency:.1} s later"));
-                        }
-                        if let Some(statement) = &change.statement {
-                            line.push_str(&format!(": {}", crate::error::one_line(statement)));
-                        }
-                    }
-                    _ => line.push_str(&format!(
-                        "found {} (touched before the watch restarted)",
+                    )),
+                    None => lines.push(format!(
+                        "{indent}found {}; no change recorded (left waiting by an earlier run, or found by a range scan)",
                         origin.detected_at
                     )),
                 }
+                for change in &origin.changes {
+                    let mut line = format!(
+                        "{indent}  {} on {} at {}",
+                        change.committed_at, change.server, change.binlog
+                    );
+                    if let Some(gtid) = &change.gtid {
+                        line.push_str(&format!(" (GTID {gtid})"));
+                    }
+                    if let Some(statement) = &change.statement {
+                        line.push_str(&format!(": {}", crate::error::one_line(statement)));
+                    }
+                    lines.push(line);
+                }
+                let line = lines.join("\n");
                 writeln!(self.out, "{line}")?;
             }
         }

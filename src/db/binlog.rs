@@ -124,9 +124,17 @@ pub const DEFAULT_REPLICATION_SERVER_ID: u32 = 3_735_900_000;
 pub const REPLICA_HOST_NAME: &str = "blobcheck-watch";
 /// How often an idle server sends a heartbeat (nanoseconds).
 const HEARTBEAT_PERIOD_NS: u64 = 1_000_000_000;
+/// A stream this long without an event or a heartbeat is lost.
+const STREAM_SILENCE: Duration = Duration::from_secs(10);
 
 /// MariaDB's GTID event, which `mysql_common` does not decode.
 const MARIADB_GTID_EVENT: u8 = 162;
+/// MariaDB's own events that hold no row changes: annotate rows, binlog
+/// checkpoint, GTID list, start encryption.
+const MARIADB_SKIPPED_EVENTS: [u8; 4] = [160, 161, 163, 164];
+/// MariaDB's compressed query and row events (`log_bin_compress`), which
+/// `mysql_common` cannot read.
+const MARIADB_UNREADABLE_EVENTS: [u8; 7] = [165, 166, 167, 168, 169, 170, 171];
 /// MariaDB's GTID event flag: the transaction is a single DDL statement,
 /// committed on its own (no XID event follows).
 const MARIADB_GTID_STANDALONE: u8 = 1;
@@ -141,6 +149,9 @@ pub struct LogSettings {
     pub server_id: u32,
     /// Whether the server replicates from another (it has replica status).
     pub is_replica: bool,
+    /// MariaDB's `log_bin_compress` or MySQL's
+    /// `binlog_transaction_compression`: events watch cannot read.
+    pub compressed: bool,
 }
 
 /// `@@log_bin, @@binlog_format, @@binlog_row_image, @@log_slave_updates,
@@ -174,7 +185,18 @@ pub async fn log_settings(conn: &mut Conn) -> std::result::Result<LogSettings, m
             Err(e) => return Err(e),
         }
     }
+    // Only one of the two exists on a given server.
+    let mut compressed = false;
+    for variable in ["@@log_bin_compress", "@@binlog_transaction_compression"] {
+        if let Ok(Some(Some(on))) = conn
+            .query_first::<Option<i64>, _>(format!("SELECT {variable}"))
+            .await
+        {
+            compressed |= on == 1;
+        }
+    }
     Ok(LogSettings {
+        compressed,
         log_bin: log_bin == Some(1),
         format: format.unwrap_or_default().to_ascii_uppercase(),
         row_image: row_image.unwrap_or_default().to_ascii_uppercase(),
@@ -206,6 +228,12 @@ pub fn settings_problems(settings: &LogSettings) -> Vec<String> {
             "binlog_row_image is {}: set binlog_row_image=FULL (a deleted reference row must show its reference column, which a {} image leaves out)",
             settings.row_image, settings.row_image
         ));
+    }
+    if settings.compressed {
+        problems.push(
+            "the binary log is compressed: watch cannot read compressed events; set log_bin_compress=OFF (MariaDB) or binlog_transaction_compression=OFF (MySQL)"
+                .to_owned(),
+        );
     }
     if settings.is_replica && !settings.log_replica_updates {
         problems.push(
@@ -274,7 +302,11 @@ pub async fn log_files(
 pub async fn registered_replicas(
     conn: &mut Conn,
 ) -> std::result::Result<Vec<(u32, String)>, mysql_async::Error> {
-    let rows: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await?;
+    // MySQL 8.4 knows only the new name.
+    let rows: Vec<mysql_async::Row> = match conn.query("SHOW SLAVE HOSTS").await {
+        Err(e) if super::dialect::is_parse_error(&e) => conn.query("SHOW REPLICAS").await?,
+        other => other?,
+    };
     Ok(rows
         .iter()
         .filter_map(|row| {
@@ -300,9 +332,15 @@ pub async fn statement_at(
         at.position
     );
     let rows: Vec<mysql_async::Row> = conn.query(sql).await?;
+    // Statements may hold bytes that are no UTF-8 (`_binary` literals):
+    // read as bytes, shown lossily.
+    let text = |row: &mysql_async::Row, column: &str| -> Option<String> {
+        let bytes: Option<Vec<u8>> = row.get_opt(column)?.ok()?;
+        Some(String::from_utf8_lossy(&bytes?).into_owned())
+    };
     Ok(rows.iter().find_map(|row| {
-        let kind: String = row.get("Event_type")?;
-        let info: String = row.get("Info")?;
+        let kind = text(row, "Event_type")?;
+        let info = text(row, "Info")?;
         matches!(kind.as_str(), "Annotate_rows" | "Rows_query").then(|| {
             // MySQL prefixes the text with `# `.
             info.strip_prefix("# ").unwrap_or(&info).to_owned()
@@ -468,7 +506,23 @@ impl Follower {
             if self.stream.is_none() {
                 self.open().await?;
             }
-            let read = self.stream.as_mut().expect("opened").next().await;
+            // The server sends a heartbeat every second when idle: a
+            // stream silent for much longer is a connection gone half-open.
+            let read = match tokio::time::timeout(
+                STREAM_SILENCE,
+                self.stream.as_mut().expect("opened").next(),
+            )
+            .await
+            {
+                Ok(read) => read,
+                Err(_) => {
+                    self.disconnect().await;
+                    return Err(StreamFault::Lost(self.error(format!(
+                        "nothing from the server for {} s (heartbeats are due every second)",
+                        STREAM_SILENCE.as_secs()
+                    ))));
+                }
+            };
             let event = match read {
                 Some(Ok(event)) => event,
                 Some(Err(e)) => {
@@ -486,9 +540,9 @@ impl Follower {
             match self.handle(&event).await {
                 Ok(Some(out)) => return Ok(out),
                 Ok(None) => {}
-                Err(e) => {
+                Err(fault) => {
                     self.disconnect().await;
-                    return Err(StreamFault::Lost(e));
+                    return Err(fault);
                 }
             }
         }
@@ -496,8 +550,9 @@ impl Follower {
 
     fn stream_error(&self, e: mysql_async::Error) -> StreamFault {
         match server_code(&e) {
-            // The position is not in the server's logs (purged).
-            Some(1236) => StreamFault::Purged {
+            // The position is not in the server's logs (purged); 1236 also
+            // covers other fatal replication errors, told apart by text.
+            Some(1236) if is_purged(&e.to_string()) => StreamFault::Purged {
                 at: self.at.clone(),
                 reason: one_line(&e),
             },
@@ -515,7 +570,10 @@ impl Follower {
         }
     }
 
-    async fn handle(&mut self, event: &Event) -> Result<Option<StreamEvent>> {
+    async fn handle(
+        &mut self,
+        event: &Event,
+    ) -> std::result::Result<Option<StreamEvent>, StreamFault> {
         let header = event.header();
         let kind = header.event_type_raw();
         let end = header.log_pos() as u64;
@@ -530,23 +588,45 @@ impl Follower {
             });
         }
         if kind == MARIADB_GTID_EVENT {
-            let (gtid, flags) = mariadb_gtid(event.data(), header.server_id())
-                .ok_or_else(|| self.error("a MariaDB GTID event too short to read"))?;
+            let (gtid, flags) =
+                mariadb_gtid(event.data(), header.server_id()).ok_or_else(|| {
+                    StreamFault::Lost(self.error("a MariaDB GTID event too short to read"))
+                })?;
             self.gtid = Some(gtid);
             self.standalone = flags & MARIADB_GTID_STANDALONE != 0;
             self.statement_at = None;
             self.advance(end);
             return Ok(None);
         }
+        if MARIADB_UNREADABLE_EVENTS.contains(&kind) {
+            return Err(StreamFault::Fatal(Error::Prerequisite {
+                server: self.server.name.clone(),
+                reason: format!(
+                    "a compressed event (type {kind}) at {}: watch cannot read compressed binary logs; set log_bin_compress=OFF",
+                    self.at
+                ),
+            }));
+        }
         let data = match event.read_data() {
             Ok(Some(data)) => data,
-            // Events this library does not know (MariaDB's GTID list,
-            // binlog checkpoint, start encryption): nothing to take.
-            Ok(None) => {
+            // Events this library does not know and that hold no rows
+            // (MariaDB's annotate, binlog checkpoint, GTID list, start
+            // encryption): nothing to take.
+            Ok(None) if MARIADB_SKIPPED_EVENTS.contains(&kind) => {
                 self.advance(end);
                 return Ok(None);
             }
-            Err(e) => return Err(self.error(format!("cannot decode an event at {}: {e}", self.at))),
+            Ok(None) => {
+                return Err(StreamFault::Fatal(self.error(format!(
+                    "an event of unknown type {kind} at {}: it may hold row changes, so watch stops rather than skip it",
+                    self.at
+                ))));
+            }
+            Err(e) => {
+                return Err(StreamFault::Lost(
+                    self.error(format!("cannot decode an event at {}: {e}", self.at)),
+                ));
+            }
         };
         let out = match data {
             EventData::RotateEvent(rotate) => {
@@ -559,6 +639,7 @@ impl Follower {
                 } else {
                     rotate.name().into_owned()
                 };
+                let between_transactions = !self.in_transaction();
                 self.at = Coordinates {
                     file,
                     position: rotate.position(),
@@ -566,7 +647,7 @@ impl Follower {
                 self.previous_end = None;
                 // Table ids are per log file on some servers.
                 self.tables.clear();
-                if !self.in_transaction() {
+                if between_transactions {
                     self.safe = self.at.clone();
                 }
                 return Ok(None);
@@ -588,7 +669,7 @@ impl Follower {
                 if self.statement_at.is_none() {
                     self.statement_at = previous_end;
                 }
-                self.map_table(&tme).await?;
+                self.map_table(&tme).await.map_err(StreamFault::Lost)?;
                 None
             }
             EventData::RowsQueryEvent(_) => {
@@ -599,7 +680,7 @@ impl Follower {
                 None
             }
             EventData::RowsEvent(rows) => {
-                let touched = self.touched(&rows)?;
+                let touched = self.touched(&rows).map_err(StreamFault::Lost)?;
                 let change = Change {
                     coordinates: Coordinates {
                         file: self.at.file.clone(),
@@ -725,7 +806,10 @@ impl Follower {
                 .is_some_and(is_integer_type);
             layout.integers.get(i).is_some_and(|&known| known == logged)
         });
-        if layout.columns != columns || !integers_match {
+        // A watched column gone from the definition (renamed, dropped):
+        // its references may still be in the log's rows.
+        let all_found = layout.slots.iter().all(Option::is_some);
+        if layout.columns != columns || !integers_match || !all_found {
             return Ok(Reading::EveryInteger);
         }
         Ok(Reading::Slots(Arc::new(
@@ -811,6 +895,14 @@ impl Follower {
         }
         Ok(ids)
     }
+}
+
+/// Whether a replication error says the log asked for is gone.
+fn is_purged(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("could not find first log file")
+        || lower.contains("purged")
+        || lower.contains("could not open log file")
 }
 
 /// A row image's integer at `position` as a blob id: BIGINT UNSIGNED values
@@ -910,6 +1002,22 @@ mod tests {
     }
 
     #[test]
+    fn purged_logs_are_told_from_other_replication_errors() {
+        assert!(is_purged(
+            "ERROR 1236 (HY000): Could not find first log file name in binary log index file"
+        ));
+        assert!(is_purged(
+            "ERROR 1236: Cannot replicate because the master purged required binary logs"
+        ));
+        assert!(!is_purged(
+            "ERROR 1236: log event entry exceeded max_allowed_packet"
+        ));
+        assert!(!is_purged(
+            "ERROR 1236: A slave with the same server_uuid/server_id as this slave has connected to the master"
+        ));
+    }
+
+    #[test]
     fn ddl_on_a_watched_table_is_noticed() {
         let watched = [WatchedTable {
             database: "Shard".into(),
@@ -940,6 +1048,7 @@ mod tests {
             log_replica_updates: false,
             server_id: 1,
             is_replica: false,
+            compressed: false,
         };
         assert!(settings_problems(&good).is_empty());
         let minimal = LogSettings {
@@ -952,6 +1061,11 @@ mod tests {
             ..good.clone()
         };
         assert!(settings_problems(&statement)[0].contains("binlog_format=ROW"));
+        let compressed = LogSettings {
+            compressed: true,
+            ..good.clone()
+        };
+        assert!(settings_problems(&compressed)[0].contains("log_bin_compress=OFF"));
         let replica = LogSettings {
             is_replica: true,
             ..good.clone()

@@ -87,6 +87,8 @@ pub struct WatchOptions {
 /// A blob touched again and again is judged at the latest this many settle
 /// delays after the touch that started its wait.
 const MAX_WAIT_DELAYS: u32 = 4;
+/// The shortest settle delay the watch takes.
+const MIN_SETTLE_DELAY: Duration = Duration::from_millis(100);
 /// Ranges held at most past the bound on ids.
 const MAX_RANGES: usize = 64;
 /// Judging tasks at once.
@@ -95,16 +97,42 @@ const MAX_JUDGES: usize = 4;
 const JUDGE_BATCH: usize = 2_000;
 /// Events waiting between the followers and the run loop.
 const CHANNEL: usize = 256;
+/// How long a look-up made for a report or a metric may take (the
+/// statement's text, affected rows, a log's end) before it is left out.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lag behind each server's log is measured.
 const BEHIND_INTERVAL: Duration = Duration::from_secs(5);
 /// Broken blobs remembered so that they are reported once.
 const MAX_REPORTED: usize = 100_000;
 
-/// Why an id waits: the change that touched it last.
+/// A change that touched an id.
 #[derive(Debug, Clone)]
 struct Touch {
     server: usize,
     change: Arc<Change>,
+}
+
+/// Changes kept per waiting id, the latest last.
+const MAX_TOUCHES: usize = 4;
+
+/// Why an id waits: the last few changes that touched it. The changes of
+/// one operation land on several servers, whose streams are read at their
+/// own pace, and commit times have a resolution of one second: which one
+/// broke the count cannot be told from the order they arrive in, so a
+/// finding names them all.
+#[derive(Debug, Clone)]
+struct Touches(Vec<Touch>);
+
+impl Touches {
+    /// These and `touch`, the oldest dropped past `MAX_TOUCHES`.
+    fn with(previous: Option<&Touches>, touch: Touch) -> Touches {
+        let mut list = previous.map(|t| t.0.clone()).unwrap_or_default();
+        if list.len() == MAX_TOUCHES {
+            list.remove(0);
+        }
+        list.push(touch);
+        Touches(list)
+    }
 }
 
 /// What a follower task tells the run loop.
@@ -129,7 +157,8 @@ struct Judged {
     consistent: Vec<u64>,
     confirmed: Vec<Finding>,
     transient: u64,
-    unsettled: u64,
+    /// Ids that kept changing through every read allowed: judged again.
+    unsettled: Vec<u64>,
     /// Ids that looked wrong (or busy), to be confirmed in a wave of their
     /// own, so that a long confirmation never holds up first reads.
     candidates: Vec<Candidate>,
@@ -153,6 +182,17 @@ pub async fn run(
     mut reporter: Reporter,
 ) -> Result<WatchSummary> {
     let started = Instant::now();
+    if options.confirm.confirmations == 0 {
+        return Err(Error::Usage(
+            "watch needs --confirmations of at least 1: one read of a blob under change is no finding".into(),
+        ));
+    }
+    if options.confirm.settle_delay < MIN_SETTLE_DELAY {
+        return Err(Error::Usage(format!(
+            "watch needs --settle-delay of at least {} s: the changes of one operation need the time to land",
+            MIN_SETTLE_DELAY.as_secs_f64()
+        )));
+    }
     let config = &crate::discovery::expand(config).await?;
     reporter.set_labels(config.references.iter().map(|r| r.label.clone()).collect());
     let mut source = DbSource::open(
@@ -198,9 +238,20 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(CHANNEL);
     let mut places = Vec::new();
     let mut streams = JoinSet::new();
-    for &server in &followed {
-        let (place, version) =
-            start_place(&source, server, options, state.as_ref(), &metrics).await?;
+    for (k, &server) in followed.iter().enumerate() {
+        // One replication id per stream: two configured servers may be one
+        // instance, and a server drops a replica that registers with the id
+        // of another one connected.
+        let replication_id = options.replication_server_id.wrapping_add(k as u32).max(1);
+        let (place, version) = start_place(
+            &source,
+            server,
+            replication_id,
+            options,
+            state.as_ref(),
+            &metrics,
+        )
+        .await?;
         tracing::info!(
             "server `{}`: following its binary log from {}",
             config.servers[server].name,
@@ -209,7 +260,7 @@ pub async fn run(
         let follower = Follower::new(
             config.servers[server].clone(),
             version,
-            options.replication_server_id,
+            replication_id,
             watched[&server].clone(),
             place.coordinates.clone(),
         );
@@ -235,7 +286,7 @@ pub async fn run(
     if let Some(state) = &state {
         watch.restore(state);
     }
-    let result = watch.run_loop(rx).await;
+    let result = watch.run_loop(rx, &mut streams).await;
     streams.abort_all();
     watch.save_state()?;
     let mut summary = result?;
@@ -293,6 +344,7 @@ fn prerequisite(server: &str, reason: impl Into<String>) -> Error {
 async fn start_place(
     source: &DbSource,
     server: usize,
+    replication_id: u32,
     options: &WatchOptions,
     state: Option<&WatchState>,
     metrics: &WatchMetrics,
@@ -325,11 +377,11 @@ async fn start_place(
             format!("watch needs {}", problems.join("; ")),
         ));
     }
-    if settings.server_id == options.replication_server_id {
+    if settings.server_id == replication_id {
         return Err(prerequisite(
             &name,
             format!(
-                "the server's own server_id is {}, the id watch registers with: pass --server-id with an id no server or replica uses",
+                "the server's own server_id is {}, the id watch registers with here: pass --server-id with an id no server or replica uses (the watch takes it and the next ones, one per server it follows)",
                 settings.server_id
             ),
         ));
@@ -347,7 +399,10 @@ async fn start_place(
                 ));
             }
         }
-        Err(e) => tracing::debug!("server `{name}`: SHOW SLAVE HOSTS: {}", one_line(e)),
+        Err(e) => tracing::warn!(
+            "server `{name}`: cannot list its replicas to check that server id {replication_id} is free ({}); a replica using it would be disconnected (MariaDB 10.5+: GRANT REPLICATION MASTER ADMIN lets the watch check)",
+            one_line(e)
+        ),
     }
     let end = binlog::log_end(&mut conn)
         .await
@@ -492,9 +547,9 @@ struct Watch<'a> {
     source: Arc<DbSource>,
     metrics: Arc<WatchMetrics>,
     reporter: Reporter,
-    pending: Pending<Instant, Option<Touch>>,
+    pending: Pending<Instant, Option<Touches>>,
     /// Ids being judged, with the change that touched them.
-    judging: HashMap<u64, Option<Touch>>,
+    judging: HashMap<u64, Option<Touches>>,
     /// Ranges being scanned.
     scanning: Vec<IdRange>,
     /// Per followed server: its place (moved at transaction ends).
@@ -507,11 +562,26 @@ struct Watch<'a> {
     summary: WatchSummary,
 }
 
+/// A task's ids and what came of them.
+type Task<T> = (Vec<u64>, Result<T>);
+
+/// A joined task's result; a task that panicked or was cancelled failed
+/// for its ids.
+fn task_result<T>(joined: std::result::Result<Task<T>, tokio::task::JoinError>) -> Task<T> {
+    joined.unwrap_or_else(|e| {
+        (
+            Vec::new(),
+            Err(Error::Usage(format!("a judging task failed: {e}"))),
+        )
+    })
+}
+
 enum Wake {
     Stop,
     Stream(Option<(usize, FromStream)>),
-    Judged(Result<Judged>),
-    Scanned(Result<(IdRange, Vec<Finding>)>),
+    StreamTaskEnded(String),
+    Judged(Task<Judged>),
+    Scanned((IdRange, Result<Vec<Finding>>)),
     Tick,
     Save,
     Behind,
@@ -524,7 +594,7 @@ impl Watch<'_> {
             self.pending.touch(id, now, now, None);
         }
         for &(start, end) in &state.ranges {
-            self.pending.touch_range(IdRange::new(start, end), now);
+            self.pending.touch_range(IdRange::new(start, end), now, now);
         }
         for &(id, stored, actual) in &state.reported {
             self.reported.insert(id, (stored, actual));
@@ -572,11 +642,12 @@ impl Watch<'_> {
     async fn run_loop(
         &mut self,
         mut rx: mpsc::Receiver<(usize, FromStream)>,
+        streams: &mut JoinSet<()>,
     ) -> Result<WatchSummary> {
         let mut stop = self.options.stop.clone();
-        let mut judges: JoinSet<Result<Judged>> = JoinSet::new();
-        let mut waves: JoinSet<Result<Judged>> = JoinSet::new();
-        let mut scans: JoinSet<Result<(IdRange, Vec<Finding>)>> = JoinSet::new();
+        let mut judges: JoinSet<Task<Judged>> = JoinSet::new();
+        let mut waves: JoinSet<Task<Judged>> = JoinSet::new();
+        let mut scans: JoinSet<(IdRange, Result<Vec<Finding>>)> = JoinSet::new();
         let mut save = tokio::time::interval(self.options.state_interval);
         let mut behind = tokio::time::interval(BEHIND_INTERVAL);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -590,15 +661,14 @@ impl Watch<'_> {
                         None => std::future::pending::<()>().await,
                     }
                 } => Wake::Stop,
-                Some(judged) = judges.join_next(), if !judges.is_empty() => {
-                    Wake::Judged(judged.unwrap_or_else(|e| Err(Error::Usage(format!("a judging task failed: {e}")))))
-                }
-                Some(judged) = waves.join_next(), if !waves.is_empty() => {
-                    Wake::Judged(judged.unwrap_or_else(|e| Err(Error::Usage(format!("a confirmation failed: {e}")))))
-                }
-                Some(scanned) = scans.join_next(), if !scans.is_empty() => {
-                    Wake::Scanned(scanned.unwrap_or_else(|e| Err(Error::Usage(format!("a range scan failed: {e}")))))
-                }
+                Some(ended) = streams.join_next(), if !streams.is_empty() => Wake::StreamTaskEnded(
+                    ended.err().map(|e| e.to_string()).unwrap_or_else(|| "it returned".into()),
+                ),
+                Some(judged) = judges.join_next(), if !judges.is_empty() => Wake::Judged(task_result(judged)),
+                Some(judged) = waves.join_next(), if !waves.is_empty() => Wake::Judged(task_result(judged)),
+                Some(scanned) = scans.join_next(), if !scans.is_empty() => Wake::Scanned(
+                    scanned.unwrap_or_else(|e| (IdRange::ALL, Err(Error::Usage(format!("a range scan failed: {e}"))))),
+                ),
                 _ = save.tick() => Wake::Save,
                 _ = behind.tick() => Wake::Behind,
                 _ = tick.tick() => Wake::Tick,
@@ -612,21 +682,50 @@ impl Watch<'_> {
                 Wake::Stream(None) => {
                     return Err(Error::Usage("every binary log stream ended".into()));
                 }
+                Wake::StreamTaskEnded(why) => {
+                    return Err(Error::Usage(format!(
+                        "a binary log follower ended ({why}); the state is saved, restart the watch"
+                    )));
+                }
                 Wake::Stream(Some((server, message))) => self.on_stream(server, message)?,
-                Wake::Judged(judged) => {
-                    let mut judged = judged?;
+                Wake::Judged((ids, Err(e))) => self.retry_later(ids, &e),
+                Wake::Judged((_, Ok(mut judged))) => {
                     let candidates = std::mem::take(&mut judged.candidates);
                     if !candidates.is_empty() {
                         let source = Arc::clone(&self.source);
-                        waves.spawn(confirm(source, candidates, self.options.confirm));
+                        let options = self.options.confirm;
+                        let ids: Vec<u64> = candidates.iter().map(|c| c.finding.blob_id).collect();
+                        waves.spawn(async move {
+                            let result = confirm(source, candidates, options).await;
+                            (ids, result)
+                        });
                     }
                     self.on_judged(judged).await?;
                 }
-                Wake::Scanned(scanned) => {
-                    let (range, candidates) = scanned?;
+                Wake::Scanned((range, Err(e))) => {
+                    tracing::warn!("scanning ids {range} failed ({e}); it is scanned again later");
+                    let later =
+                        Instant::now() + self.options.confirm.settle_delay * MAX_WAIT_DELAYS;
+                    // A scan task that panicked does not say its range:
+                    // every range being scanned is scanned again.
+                    let failed: Vec<IdRange> = if range == IdRange::ALL {
+                        std::mem::take(&mut self.scanning)
+                    } else {
+                        self.scanning.retain(|r| *r != range);
+                        vec![range]
+                    };
+                    for range in failed {
+                        self.pending.touch_range(range, later, later);
+                    }
+                }
+                Wake::Scanned((range, Ok(candidates))) => {
                     self.scanning.retain(|r| *r != range);
                     self.metrics.ranges_scanned.inc();
                     if !candidates.is_empty() {
+                        // Being judged: in the state file until settled.
+                        for c in &candidates {
+                            self.judging.entry(c.blob_id).or_insert(None);
+                        }
                         self.spawn_judge(&mut judges, Vec::new(), candidates);
                     }
                 }
@@ -639,6 +738,20 @@ impl Watch<'_> {
             self.metrics
                 .waiting_ranges
                 .set((self.pending.range_count() + self.scanning.len()) as i64);
+        }
+    }
+
+    /// Ids whose reads failed (past the retry budget): back to waiting,
+    /// with the changes that touched them, judged again later.
+    fn retry_later(&mut self, ids: Vec<u64>, error: &Error) {
+        tracing::warn!(
+            "reading {} touched ids failed ({error}); they are judged again later",
+            ids.len()
+        );
+        let later = Instant::now() + self.options.confirm.settle_delay * MAX_WAIT_DELAYS;
+        for id in ids {
+            let touch = self.judging.remove(&id).flatten();
+            self.pending.touch(id, later, later, touch);
         }
     }
 
@@ -677,7 +790,15 @@ impl Watch<'_> {
                             change: Arc::new(change),
                         };
                         for id in ids {
-                            self.pending.touch(id, due, deadline, Some(touch.clone()));
+                            // Being judged: its finding names this change too.
+                            if let Some(judged) = self.judging.get_mut(&id) {
+                                *judged = Some(Touches::with(judged.as_ref(), touch.clone()));
+                            }
+                            let touches = Touches::with(
+                                self.pending.origin(id).and_then(Option::as_ref),
+                                touch.clone(),
+                            );
+                            self.pending.touch(id, due, deadline, Some(touches));
                         }
                     }
                     StreamEvent::Committed {
@@ -741,8 +862,8 @@ impl Watch<'_> {
     /// Starts judging what is due, and scanning due ranges, within limits.
     fn start_due(
         &mut self,
-        judges: &mut JoinSet<Result<Judged>>,
-        scans: &mut JoinSet<Result<(IdRange, Vec<Finding>)>>,
+        judges: &mut JoinSet<Task<Judged>>,
+        scans: &mut JoinSet<(IdRange, Result<Vec<Finding>>)>,
     ) {
         let now = Instant::now();
         while judges.len() < MAX_JUDGES {
@@ -770,34 +891,44 @@ impl Watch<'_> {
                 self.scanning.push(range);
                 let source = Arc::clone(&self.source);
                 let options = self.options.scan;
-                scans.spawn(scan_range(source, range, options));
+                scans.spawn(async move { (range, scan_range(source, range, options).await) });
             }
         }
     }
 
     fn spawn_judge(
         &self,
-        judges: &mut JoinSet<Result<Judged>>,
+        judges: &mut JoinSet<Task<Judged>>,
         mut ids: Vec<u64>,
         scanned: Vec<Finding>,
     ) {
         ids.sort_unstable();
         let source = Arc::clone(&self.source);
         let confirm = self.options.confirm;
-        judges.spawn(judge(source, ids, scanned, confirm));
+        let mut all: Vec<u64> = ids.clone();
+        all.extend(scanned.iter().map(|f| f.blob_id));
+        judges.spawn(async move { (all, judge(source, ids, scanned, confirm).await) });
     }
 
     async fn on_judged(&mut self, judged: Judged) -> Result<()> {
         self.summary.judged += judged.ids.len() as u64;
         self.metrics.judged.inc_by(judged.ids.len() as u64);
         self.metrics.transient.inc_by(judged.transient);
-        self.metrics.unsettled.inc_by(judged.unsettled);
+        self.metrics.unsettled.inc_by(judged.unsettled.len() as u64);
+        // Never passed, never reported: watched again, with the change
+        // that touched them.
+        let again = Instant::now() + self.options.confirm.settle_delay;
+        for &id in &judged.unsettled {
+            let touch = self.judging.remove(&id).flatten();
+            tracing::debug!("blob {id} kept changing through every read: judged again");
+            self.pending.touch(id, again, again, touch);
+        }
         for id in &judged.consistent {
             if self.reported.remove(id).is_some() {
                 tracing::info!("blob {id} is consistent again");
             }
         }
-        let mut touches: HashMap<u64, Option<Touch>> = HashMap::new();
+        let mut touches: HashMap<u64, Option<Touches>> = HashMap::new();
         for id in &judged.ids {
             if let Some(touch) = self.judging.remove(id) {
                 touches.insert(*id, touch);
@@ -823,45 +954,45 @@ impl Watch<'_> {
         Ok(())
     }
 
-    async fn report(&mut self, finding: &Finding, touch: Option<&Touch>) -> Result<()> {
+    async fn report(&mut self, finding: &Finding, touches: Option<&Touches>) -> Result<()> {
         let detected = SystemTime::now();
         let at_risk =
             finding.kind == Kind::MissingBlob || finding.direction() == Some(Direction::TooLow);
         let affected = if at_risk && self.options.affected_rows > 0 {
-            self.source
-                .affected_rows(finding, self.options.affected_rows)
-                .await
-                .unwrap_or_default()
+            let read = self
+                .source
+                .affected_rows(finding, self.options.affected_rows);
+            match tokio::time::timeout(LOOKUP_TIMEOUT, read).await {
+                Ok(Ok(rows)) => rows,
+                _ => Vec::new(),
+            }
         } else {
             Vec::new()
         };
         let detected_unix = unix_seconds(detected);
-        let (changed_at, latency, change) = match touch {
-            Some(touch) => {
-                let statement = statement(&self.source, touch).await;
-                let committed = f64::from(touch.change.committed_at);
-                let latency = (detected_unix - committed).max(0.0);
-                (
-                    Some(utc_text(committed, false)),
-                    Some(latency),
-                    Some(ChangeNote {
-                        server: self.server_name(touch.server).to_owned(),
-                        binlog: touch.change.coordinates.to_string(),
-                        gtid: touch.change.gtid.clone(),
-                        statement,
-                    }),
-                )
-            }
-            None => (None, None, None),
-        };
+        // Oldest first by commit time; among equal times, as they came.
+        let mut list: Vec<&Touch> = touches.map(|t| t.0.iter().collect()).unwrap_or_default();
+        list.sort_by_key(|t| t.change.committed_at);
+        let mut changes = Vec::with_capacity(list.len());
+        for touch in &list {
+            changes.push(ChangeNote {
+                server: self.server_name(touch.server).to_owned(),
+                binlog: touch.change.coordinates.to_string(),
+                gtid: touch.change.gtid.clone(),
+                committed_at: utc_text(f64::from(touch.change.committed_at), false),
+                statement: statement(&self.source, touch).await,
+            });
+        }
+        let latest = list.last().map(|t| f64::from(t.change.committed_at));
+        let latency = latest.map(|committed| (detected_unix - committed).max(0.0));
         self.metrics
             .found(finding, latency.map(Duration::from_secs_f64));
         self.summary.findings += 1;
         let origin = Origin {
-            changed_at,
+            changed_at: latest.map(|committed| utc_text(committed, false)),
             detected_at: utc_text(detected_unix, true),
             latency_seconds: latency.map(|l| (l * 10.0).round() / 10.0),
-            change,
+            changes,
         };
         self.reporter
             .watch_finding(finding, &affected, &origin)
@@ -888,17 +1019,19 @@ impl Watch<'_> {
                 .behind_seconds
                 .get_or_create(&label)
                 .set(seconds);
-            let Ok(mut conn) = self.source.databases.conn(server).await else {
+            // A server that does not answer must not hold up the run loop.
+            let measured = tokio::time::timeout(LOOKUP_TIMEOUT, async {
+                let mut conn = self.source.databases.conn(server).await.ok()?;
+                let end = binlog::log_end(&mut conn).await.ok().flatten()?;
+                if end.file == at.file {
+                    return Some(end.position.saturating_sub(at.position));
+                }
+                let files = binlog::log_files(&mut conn).await.ok()?;
+                Some(bytes_between(&files, &at, &end))
+            })
+            .await;
+            let Ok(Some(bytes)) = measured else {
                 continue;
-            };
-            let end = binlog::log_end(&mut conn).await.ok().flatten();
-            let bytes = match end {
-                Some(end) if end.file == at.file => end.position.saturating_sub(at.position),
-                Some(end) => match binlog::log_files(&mut conn).await {
-                    Ok(files) => bytes_between(&files, &at, &end),
-                    Err(_) => continue,
-                },
-                None => continue,
             };
             // Caught up with the log's end: not behind, whatever the last
             // event's time.
@@ -921,7 +1054,7 @@ async fn statement(source: &DbSource, touch: &Touch) -> Option<String> {
         let mut conn = source.databases.conn(touch.server).await.ok()?;
         binlog::statement_at(&mut conn, at).await.ok().flatten()
     };
-    tokio::time::timeout(Duration::from_secs(5), lookup)
+    tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
         .await
         .ok()
         .flatten()
@@ -964,7 +1097,7 @@ async fn judge(
         for read in read_points(&*source, batch).await? {
             let busy =
                 read.finding.stored.unwrap_or(0).max(read.finding.actual) >= confirm.hot_threshold;
-            if read.stable && read.finding.difference() == 0 && !(busy && confirm.enabled()) {
+            if read.stable && read.finding.difference() == 0 && !busy {
                 consistent.push(read.finding.blob_id);
             } else {
                 candidates.push(Candidate::new(read.finding, confirm.hot_threshold));
@@ -972,30 +1105,13 @@ async fn judge(
         }
     }
     let settled: Vec<u64> = consistent.clone();
-    if !confirm.enabled() {
-        let mut ids = settled;
-        ids.extend(candidates.iter().map(|c| c.finding.blob_id));
-        let confirmed = candidates
-            .into_iter()
-            .map(|c| c.finding)
-            .filter(|f| f.difference() != 0)
-            .collect();
-        return Ok(Judged {
-            ids,
-            consistent,
-            confirmed,
-            transient: 0,
-            unsettled: 0,
-            candidates: Vec::new(),
-        });
-    }
     candidates.sort_by_key(|c| c.finding.blob_id);
     Ok(Judged {
         ids: settled,
         consistent,
         confirmed: Vec::new(),
         transient: 0,
-        unsettled: 0,
+        unsettled: Vec::new(),
         candidates,
     })
 }
@@ -1020,7 +1136,7 @@ async fn confirm(
         consistent: Vec::new(),
         confirmed: outcome.confirmed,
         transient: outcome.transient + outcome.watched,
-        unsettled: outcome.unsettled.len() as u64,
+        unsettled: outcome.unsettled,
         candidates: Vec::new(),
     })
 }
@@ -1031,7 +1147,7 @@ async fn scan_range(
     source: Arc<DbSource>,
     range: IdRange,
     options: ScanOptions,
-) -> Result<(IdRange, Vec<Finding>)> {
+) -> Result<Vec<Finding>> {
     tracing::info!("scanning ids {range}: more ids were touched than the watch holds");
     let (tx, mut rx) = mpsc::channel(4);
     let scanning = tokio::spawn(scan(source, range, options, tx));
@@ -1043,7 +1159,7 @@ async fn scan_range(
     scanning
         .await
         .map_err(|e| Error::Usage(format!("a range scan failed: {e}")))??;
-    Ok((range, candidates))
+    Ok(candidates)
 }
 
 #[cfg(test)]

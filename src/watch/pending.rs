@@ -30,8 +30,17 @@ pub struct Pending<T: Ord + Copy, O> {
     max_ranges: usize,
     ids: BTreeMap<u64, Entry<T, O>>,
     queue: BTreeSet<(T, u64)>,
-    /// Range start → (end, due): disjoint, not adjacent.
-    ranges: BTreeMap<u64, (u64, T)>,
+    /// Range start → its end and wait: disjoint, not adjacent.
+    ranges: BTreeMap<u64, Span<T>>,
+}
+
+/// A range's end, when it is due (the latest of its ids' due times, but
+/// never past its deadline), and its deadline (the earliest of its ids').
+#[derive(Debug, Clone, Copy)]
+struct Span<T> {
+    end: u64,
+    due: T,
+    deadline: T,
 }
 
 impl<T: Ord + Copy, O: Clone> Pending<T, O> {
@@ -60,6 +69,11 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
         self.ranges.len()
     }
 
+    /// The origin `id` waits with, if it waits on its own.
+    pub fn origin(&self, id: u64) -> Option<&O> {
+        self.ids.get(&id).map(|entry| &entry.origin)
+    }
+
     /// `id` was touched by `origin`; it is judged at `due` at the earliest,
     /// and no later than `deadline` as first given (a blob touched without
     /// pause would otherwise never be judged).
@@ -72,11 +86,11 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
             self.queue.insert((due, id));
             return;
         }
-        if let Some((&start, &(end, waiting))) = self.ranges.range(..=id).next_back()
-            && id <= end
+        if let Some((_, span)) = self.ranges.range_mut(..=id).next_back()
+            && id <= span.end
         {
-            // A range waits for the latest of its ids.
-            self.ranges.insert(start, (end, waiting.max(due)));
+            // A range waits for the latest of its ids, up to its deadline.
+            span.due = span.due.max(due).min(span.deadline);
             return;
         }
         if self.ids.len() < self.max_ids {
@@ -91,59 +105,70 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
             );
             self.queue.insert((due, id));
         } else {
-            self.add_range(IdRange::new(id, id), due);
+            self.add_range(IdRange::new(id, id), due, deadline);
         }
     }
 
-    fn add_range(&mut self, range: IdRange, due: T) {
+    fn add_range(&mut self, range: IdRange, due: T, deadline: T) {
+        let mut span = Span {
+            end: range.end,
+            due: due.min(deadline),
+            deadline,
+        };
         let mut start = range.start;
-        let mut end = range.end;
-        let mut due = due;
         // Absorb every range it overlaps or touches.
         loop {
             let neighbour = self
                 .ranges
-                .range(..=end.saturating_add(1))
+                .range(..=span.end.saturating_add(1))
                 .next_back()
-                .map(|(&s, &(e, d))| (s, e, d))
-                .filter(|&(_, e, _)| e.saturating_add(1) >= start);
-            let Some((s, e, d)) = neighbour else { break };
+                .map(|(&s, &other)| (s, other))
+                .filter(|&(_, other)| other.end.saturating_add(1) >= start);
+            let Some((s, other)) = neighbour else { break };
             self.ranges.remove(&s);
             start = start.min(s);
-            end = end.max(e);
-            due = due.max(d);
+            span = joined(span, other);
         }
-        // Ids the range now covers go with it, and it waits for the latest.
-        let covered: Vec<u64> = self.ids.range(start..=end).map(|(&id, _)| id).collect();
-        for id in covered {
-            if let Some(entry) = self.remove(id) {
-                due = due.max(entry.due);
-            }
-        }
-        self.ranges.insert(start, (end, due));
+        self.absorb_ids(start, &mut span);
+        self.ranges.insert(start, span);
         while self.ranges.len() > self.max_ranges {
             self.merge_closest();
         }
     }
 
-    /// Merges the two neighbouring ranges with the smallest gap.
-    fn merge_closest(&mut self) {
-        let starts: Vec<(u64, u64, T)> =
-            self.ranges.iter().map(|(&s, &(e, d))| (s, e, d)).collect();
-        let Some(i) = (0..starts.len() - 1).min_by_key(|&i| starts[i + 1].0 - starts[i].1) else {
-            return;
-        };
-        let (s, _, d1) = starts[i];
-        let (s2, e2, d2) = starts[i + 1];
-        let mut due = d1.max(d2);
-        let covered: Vec<u64> = self.ids.range(s..=e2).map(|(&id, _)| id).collect();
+    /// Ids the range `start..=span.end` covers go with it.
+    fn absorb_ids(&mut self, start: u64, span: &mut Span<T>) {
+        let covered: Vec<u64> = self
+            .ids
+            .range(start..=span.end)
+            .map(|(&id, _)| id)
+            .collect();
         for id in covered {
             if let Some(entry) = self.remove(id) {
-                due = due.max(entry.due);
+                *span = joined(
+                    *span,
+                    Span {
+                        end: span.end,
+                        due: entry.due,
+                        deadline: entry.deadline,
+                    },
+                );
             }
         }
+    }
+
+    /// Merges the two neighbouring ranges with the smallest gap.
+    fn merge_closest(&mut self) {
+        let spans: Vec<(u64, Span<T>)> = self.ranges.iter().map(|(&s, &span)| (s, span)).collect();
+        let Some(i) = (0..spans.len() - 1).min_by_key(|&i| spans[i + 1].0 - spans[i].1.end) else {
+            return;
+        };
+        let (s, first) = spans[i];
+        let (s2, second) = spans[i + 1];
+        let mut span = joined(first, second);
         self.ranges.remove(&s2);
-        self.ranges.insert(s, (e2, due));
+        self.absorb_ids(s, &mut span);
+        self.ranges.insert(s, span);
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry<T, O>> {
@@ -173,8 +198,8 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
         let due: Vec<(u64, u64)> = self
             .ranges
             .iter()
-            .filter(|&(_, &(_, d))| d <= now)
-            .map(|(&s, &(e, _))| (s, e))
+            .filter(|(_, span)| span.due <= now)
+            .map(|(&s, span)| (s, span.end))
             .collect();
         for &(s, _) in &due {
             self.ranges.remove(&s);
@@ -193,14 +218,25 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
         let ranges = self
             .ranges
             .iter()
-            .map(|(&s, &(e, _))| IdRange::new(s, e))
+            .map(|(&s, span)| IdRange::new(s, span.end))
             .collect();
         (ids, ranges)
     }
 
     /// Adds a whole range (from a state file, or a gap to close).
-    pub fn touch_range(&mut self, range: IdRange, due: T) {
-        self.add_range(range, due);
+    pub fn touch_range(&mut self, range: IdRange, due: T, deadline: T) {
+        self.add_range(range, due, deadline);
+    }
+}
+
+/// Two waits as one: the later due time, the earlier deadline, the due
+/// time never past the deadline.
+fn joined<T: Ord + Copy>(a: Span<T>, b: Span<T>) -> Span<T> {
+    let deadline = a.deadline.min(b.deadline);
+    Span {
+        end: a.end.max(b.end),
+        due: a.due.max(b.due).min(deadline),
+        deadline,
     }
 }
 
@@ -208,7 +244,6 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
 
     #[test]
     fn touching_again_restarts_the_wait() {
@@ -246,52 +281,65 @@ mod tests {
     }
 
     proptest! {
-        /// Against a model that keeps everything: every id touched is
-        /// handed out, as an id or inside a range, no earlier than its
-        /// last touch's due time, and memory stays within the bounds.
+        /// Against a model that keeps everything, with touches and takes
+        /// interleaved: every id touched is handed out, as an id or inside
+        /// a range; an id is never handed out before its due time (capped
+        /// by the deadline its wait started with), and nothing waits past
+        /// the latest deadline of its touches; memory stays within bounds.
         #[test]
         fn nothing_touched_is_lost(
-            touches in proptest::collection::vec((0u64..200, 0u32..50), 0..300),
-            cap in 0u32..60,
+            touches in proptest::collection::vec((0u64..200, 0u32..40), 0..300),
             max_ids in 1usize..20,
             max_ranges in 1usize..5,
             limit in 1usize..10,
+            cap in 0u32..20,
         ) {
             let mut p: Pending<u32, u32> = Pending::new(max_ids, max_ranges);
-            let mut last_due: BTreeMap<u64, u32> = BTreeMap::new();
-            let mut deadline: BTreeMap<u64, u32> = BTreeMap::new();
-            for &(id, due) in &touches {
-                // The model: the deadline is set by the touch that starts a
-                // wait, and caps every later touch's due time.
-                let limit = *deadline.entry(id).or_insert(due.saturating_add(cap));
-                p.touch(id, due, due.saturating_add(cap), due.min(limit));
-                last_due.insert(id, due.min(limit));
-                prop_assert!(p.len() <= max_ids);
-                prop_assert!(p.range_count() <= max_ranges);
-            }
-            let mut seen: BTreeSet<u64> = BTreeSet::new();
-            for now in 0..=50u32 {
+            // Ids touched since last handed out, with the latest deadline
+            // of their touches.
+            let mut waiting: BTreeMap<u64, u32> = BTreeMap::new();
+            // The deadline each wait started with.
+            let mut first: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut touches = touches;
+            // Touches come in time order: `when` is the time of the touch.
+            touches.sort_by_key(|&(_, when)| when);
+            let mut next = 0;
+            for now in 0..=100u32 {
+                while next < touches.len() && touches[next].1 == now {
+                    let id = touches[next].0;
+                    let due = now + 2;
+                    let deadline = now + 2 + cap;
+                    p.touch(id, due, deadline, now);
+                    first.entry(id).or_insert(deadline);
+                    let latest = waiting.entry(id).or_insert(deadline);
+                    *latest = (*latest).max(deadline);
+                    next += 1;
+                    prop_assert!(p.len() <= max_ids);
+                    prop_assert!(p.range_count() <= max_ranges);
+                }
                 loop {
                     let due = p.take_due(now, limit);
                     if due.is_empty() { break; }
-                    for (id, origin) in due {
-                        prop_assert!(last_due[&id] <= now);
-                        prop_assert_eq!(origin, last_due[&id]);
-                        seen.insert(id);
+                    for (id, touched) in due {
+                        prop_assert!(now >= (touched + 2).min(first[&id]));
+                        waiting.remove(&id);
+                        first.remove(&id);
                     }
                 }
                 for range in p.take_due_ranges(now) {
-                    for (&id, &due) in last_due.range(range.start..=range.end) {
-                        // A range is due when its latest touch is.
-                        prop_assert!(due <= now);
-                        seen.insert(id);
+                    let inside: Vec<u64> = waiting.range(range.start..=range.end).map(|(&id, _)| id).collect();
+                    for id in inside {
+                        waiting.remove(&id);
+                        first.remove(&id);
                     }
+                }
+                // Nothing waits past its latest deadline.
+                for (&id, &deadline) in &waiting {
+                    prop_assert!(deadline > now, "id {} waits past its deadline {} at {}", id, deadline, now);
                 }
             }
             prop_assert!(p.is_empty());
-            for id in last_due.keys() {
-                prop_assert!(seen.contains(id), "id {} lost", id);
-            }
+            prop_assert!(waiting.is_empty(), "ids lost: {:?}", waiting);
         }
     }
 }

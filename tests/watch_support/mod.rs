@@ -155,6 +155,10 @@ pub struct Faults {
     pub expected: Vec<Exact>,
     /// When each fault was committed.
     pub committed: Vec<(u64, Instant)>,
+    /// Each fault's faulty statement, by blob id: the last write that
+    /// touched the blob, which its finding must name.
+    pub statements: std::collections::HashMap<u64, String>,
+    last: String,
 }
 
 /// Blob ids the fault writer uses: apart from the data set's and the churn
@@ -181,6 +185,8 @@ impl Faults {
             next_row: (1 << 45) + (base >> 40) * 1_000_000,
             expected: Vec::new(),
             committed: Vec::new(),
+            statements: std::collections::HashMap::new(),
+            last: String::new(),
         }
     }
 
@@ -194,7 +200,7 @@ impl Faults {
         self.next_row
     }
 
-    async fn global(&self, sql: &str) {
+    async fn global(&mut self, sql: &str) {
         self.global
             .get_conn()
             .await
@@ -202,9 +208,10 @@ impl Faults {
             .query_drop(sql)
             .await
             .unwrap();
+        self.last = sql.to_owned();
     }
 
-    async fn shard(&self, sql: &str) {
+    async fn shard(&mut self, sql: &str) {
         self.shard
             .get_conn()
             .await
@@ -212,6 +219,7 @@ impl Faults {
             .query_drop(sql)
             .await
             .unwrap();
+        self.last = sql.to_owned();
     }
 
     /// A blob with `count` stored and one attachment referencing it, made
@@ -241,6 +249,7 @@ impl Faults {
             references: Vec::new(),
         });
         self.committed.push((id, Instant::now()));
+        self.statements.insert(id, self.last.clone());
     }
 
     /// Injects fault `n` (of the six kinds, in turn).
