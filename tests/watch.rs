@@ -702,6 +702,26 @@ async fn a_purged_position_is_reported_as_a_gap() {
     assert!(wait_healthy(port, Duration::from_secs(20)).await);
     let found = wait_found(dir.path(), &faults.expected, Duration::from_secs(20)).await;
     let (_, metrics) = blocking(move || get(port, "/metrics")).await.unwrap();
+    // References removed with no row events: a gap too.
+    let truncate = format!("TRUNCATE TABLE `{}`.Attachment", data.shard_db);
+    let shard = blocking(move || {
+        shard.run_sql(&truncate).unwrap();
+        shard
+    })
+    .await;
+    let mut after_truncate = String::new();
+    for _ in 0..50 {
+        after_truncate = blocking(move || get(port, "/metrics")).await.unwrap().1;
+        if after_truncate.contains("blobcheck_watch_log_gaps_total{server=\"shard\"} 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        after_truncate.contains("blobcheck_watch_log_gaps_total{server=\"shard\"} 2"),
+        "a TRUNCATE of a reference table is a gap:\n{after_truncate}"
+    );
+    drop(shard);
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     blocking(move || watch.wait().unwrap()).await;
     let stderr = std::fs::read_to_string(dir.path().join(format!("stderr-{port}.log"))).unwrap();
@@ -719,5 +739,9 @@ async fn a_purged_position_is_reported_as_a_gap() {
         "{gap}"
     );
     assert!(gap.contains("blobcheck check --config"), "{gap}");
+    assert!(
+        stderr.contains("removed watched rows without row events"),
+        "{stderr}"
+    );
     faults.close().await;
 }

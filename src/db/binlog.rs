@@ -99,6 +99,10 @@ pub enum StreamEvent {
         coordinates: Coordinates,
         gtid: Option<String>,
         timestamp: u32,
+        /// A statement that removed watched rows without row events
+        /// (`TRUNCATE`, `DROP TABLE`, a dropped partition or database):
+        /// their blobs are not known, only a full check sees them.
+        unseen: Option<String>,
     },
     /// The stream is idle: nothing more has been logged up to here.
     Heartbeat { coordinates: Coordinates },
@@ -701,26 +705,29 @@ impl Follower {
                     change,
                 })
             }
-            EventData::XidEvent(_) => Some(self.committed(end, timestamp)),
+            EventData::XidEvent(_) => Some(self.committed(end, timestamp, None)),
             EventData::QueryEvent(query) => {
                 let text = query.query();
                 if mentions_watched(&text, &self.watched) {
                     self.stale = true;
                     self.tables.clear();
                 }
+                let schema = query.schema();
+                let unseen = removes_rows_unseen(&text, &schema, &self.watched)
+                    .then(|| one_line(text.chars().take(300).collect::<String>()));
                 let upper = text
                     .trim_start()
                     .get(..8)
                     .unwrap_or("")
                     .to_ascii_uppercase();
                 if upper.starts_with("COMMIT") || upper.starts_with("ROLLBACK") {
-                    Some(self.committed(end, timestamp))
+                    Some(self.committed(end, timestamp, None))
                 } else if upper.starts_with("BEGIN") {
                     None
                 } else {
                     // A statement logged on its own (DDL): its own
                     // transaction.
-                    Some(self.committed(end, timestamp))
+                    Some(self.committed(end, timestamp, unseen))
                 }
             }
             _ => None,
@@ -744,7 +751,7 @@ impl Follower {
         }
     }
 
-    fn committed(&mut self, end: u64, timestamp: u32) -> StreamEvent {
+    fn committed(&mut self, end: u64, timestamp: u32, unseen: Option<String>) -> StreamEvent {
         self.advance(end);
         self.statement_at = None;
         self.standalone = false;
@@ -752,6 +759,7 @@ impl Follower {
             coordinates: self.at.clone(),
             gtid: self.gtid.take(),
             timestamp,
+            unseen,
         }
     }
 
@@ -972,9 +980,61 @@ fn mentions_watched(statement: &str, watched: &[WatchedTable]) -> bool {
             .any(|w| lower.contains(&w.table.to_ascii_lowercase()))
 }
 
+/// Whether a logged statement removes rows of a watched table without row
+/// events: `TRUNCATE`, `DROP TABLE`, a partition dropped, truncated or
+/// exchanged, or `DROP DATABASE` of a watched table's database. `schema`
+/// is the statement's default database.
+fn removes_rows_unseen(statement: &str, schema: &str, watched: &[WatchedTable]) -> bool {
+    let lower = statement.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == '`' || c == '.' || c == ',' || c == ';')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let names_table = |w: &WatchedTable| {
+        let table = w.table.to_ascii_lowercase();
+        let database = w.database.to_ascii_lowercase();
+        words.iter().any(|word| *word == table)
+            && (words.iter().any(|word| *word == database)
+                || schema.eq_ignore_ascii_case(&w.database))
+    };
+    match words.as_slice() {
+        ["truncate", ..] => watched.iter().any(names_table),
+        ["drop", "table" | "tables", ..] => watched.iter().any(names_table),
+        ["drop", "database" | "schema", rest @ ..] => watched
+            .iter()
+            .any(|w| rest.contains(&w.database.to_ascii_lowercase().as_str())),
+        ["alter", "table", ..] => {
+            let partition = words
+                .windows(2)
+                .any(|p| matches!(p, ["drop" | "truncate" | "exchange", "partition"]));
+            partition && watched.iter().any(names_table)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_removed_without_row_events_are_noticed() {
+        let watched = [WatchedTable {
+            database: "Shard".into(),
+            table: "Attachment".into(),
+            columns: vec![("BlobStorageID".into(), Watched::Reference(0))],
+        }];
+        let unseen = |sql: &str, schema: &str| removes_rows_unseen(sql, schema, &watched);
+        assert!(unseen("TRUNCATE TABLE `Shard`.`Attachment`", ""));
+        assert!(unseen("truncate attachment", "shard"));
+        assert!(unseen("DROP TABLE IF EXISTS Shard.Attachment", ""));
+        assert!(unseen("DROP DATABASE `Shard`", ""));
+        assert!(unseen("ALTER TABLE Attachment DROP PARTITION p1", "Shard"));
+        assert!(!unseen("TRUNCATE TABLE Other.Attachment", "Other"));
+        assert!(!unseen("ALTER TABLE Shard.Attachment ADD COLUMN x INT", ""));
+        assert!(!unseen("DELETE FROM Shard.Attachment", ""));
+        assert!(!unseen("DROP TABLE Shard.AttachmentOld", ""));
+    }
 
     #[test]
     fn ids_above_two_to_the_63_keep_their_value() {

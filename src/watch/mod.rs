@@ -805,7 +805,20 @@ impl Watch<'_> {
                         coordinates,
                         gtid,
                         timestamp,
+                        unseen,
                     } => {
+                        if let Some(statement) = unseen {
+                            self.metrics.gaps.get_or_create(&label).inc();
+                            let config = self
+                                .options
+                                .config_path
+                                .as_ref()
+                                .map_or_else(|| "FILE".to_owned(), |p| p.display().to_string());
+                            tracing::error!(
+                                "server `{}`: GAP: `{statement}` at {coordinates} removed watched rows without row events, so the blobs they referenced are not known; run a full check: blobcheck check --config {config}",
+                                self.server_name(server)
+                            );
+                        }
                         if let Some((_, place)) = self.places.iter_mut().find(|(s, _)| *s == server)
                         {
                             place.coordinates = coordinates.clone();
