@@ -93,6 +93,11 @@ const MIN_SETTLE_DELAY: Duration = Duration::from_millis(100);
 const MAX_RANGES: usize = 64;
 /// Judging tasks at once.
 const MAX_JUDGES: usize = 4;
+/// How soon a due id whose changes are not yet in every server's log is
+/// looked at again.
+const READY_RETRY: Duration = Duration::from_millis(100);
+/// Confirmation waves at once; past this, due ids wait.
+const MAX_WAVES: usize = 16;
 /// Ids one judging task takes.
 const JUDGE_BATCH: usize = 2_000;
 /// Events waiting between the followers and the run loop.
@@ -237,13 +242,14 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel(CHANNEL);
     let mut places = Vec::new();
+    let mut primaries = Vec::new();
     let mut streams = JoinSet::new();
     for (k, &server) in followed.iter().enumerate() {
         // One replication id per stream: two configured servers may be one
         // instance, and a server drops a replica that registers with the id
         // of another one connected.
         let replication_id = options.replication_server_id.wrapping_add(k as u32).max(1);
-        let (place, version) = start_place(
+        let (place, version, is_replica) = start_place(
             &source,
             server,
             replication_id,
@@ -265,6 +271,9 @@ pub async fn run(
             place.coordinates.clone(),
         );
         places.push((server, place));
+        if !is_replica {
+            primaries.push(server);
+        }
         streams.spawn(follow(server, follower, tx.clone(), Arc::clone(&source)));
     }
     drop(tx);
@@ -281,6 +290,8 @@ pub async fn run(
         places,
         reported: HashMap::new(),
         last_event: HashMap::new(),
+        watermark: HashMap::new(),
+        primaries,
         summary: WatchSummary::default(),
     };
     if let Some(state) = &state {
@@ -348,7 +359,7 @@ async fn start_place(
     options: &WatchOptions,
     state: Option<&WatchState>,
     metrics: &WatchMetrics,
-) -> Result<(ServerPlace, crate::db::dialect::ServerVersion)> {
+) -> Result<(ServerPlace, crate::db::dialect::ServerVersion, bool)> {
     let name = source.databases.servers[server].name.clone();
     let mut conn = source.databases.conn(server).await?;
     let query_error = |e: mysql_async::Error| source.databases.query_error(server, e);
@@ -388,9 +399,10 @@ async fn start_place(
     }
     match binlog::registered_replicas(&mut conn).await {
         Ok(replicas) => {
-            if let Some((id, host)) = replicas.iter().find(|(id, host)| {
-                *id == options.replication_server_id && host != REPLICA_HOST_NAME
-            }) {
+            if let Some((id, host)) = replicas
+                .iter()
+                .find(|(id, host)| *id == replication_id && host != REPLICA_HOST_NAME)
+            {
                 return Err(prerequisite(
                     &name,
                     format!(
@@ -417,14 +429,14 @@ async fn start_place(
             coordinates: end,
             gtid: None,
         };
-        return Ok((place, version));
+        return Ok((place, version, settings.is_replica));
     };
     let files = binlog::log_files(&mut conn).await.map_err(denied)?;
     if files
         .iter()
         .any(|(file, _)| *file == saved.coordinates.file)
     {
-        return Ok((saved.clone(), version));
+        return Ok((saved.clone(), version, settings.is_replica));
     }
     let oldest = files
         .first()
@@ -446,7 +458,7 @@ async fn start_place(
         coordinates: oldest,
         gtid: None,
     };
-    Ok((place, version))
+    Ok((place, version, settings.is_replica))
 }
 
 /// Says loudly that changes may have been missed, and what closes the gap.
@@ -559,21 +571,36 @@ struct Watch<'a> {
     /// Per server: when its last event was committed, and whether the
     /// stream was idle since (a heartbeat).
     last_event: HashMap<usize, (u32, bool, Coordinates)>,
+    /// Per server: the latest commit time its log has shown.
+    watermark: HashMap<usize, u32>,
+    /// Followed servers that replicate from none: an idle one's heartbeat
+    /// says its log holds everything committed so far.
+    primaries: Vec<usize>,
     summary: WatchSummary,
 }
 
 /// A task's ids and what came of them.
 type Task<T> = (Vec<u64>, Result<T>);
 
-/// A joined task's result; a task that panicked or was cancelled failed
-/// for its ids.
-fn task_result<T>(joined: std::result::Result<Task<T>, tokio::task::JoinError>) -> Task<T> {
-    joined.unwrap_or_else(|e| {
-        (
-            Vec::new(),
+/// The ids of every judging and confirming task running, by task: a task
+/// that panics says nothing of its ids.
+type TaskIds = HashMap<tokio::task::Id, Vec<u64>>;
+
+/// A joined task's result; a task that panicked failed for its ids.
+fn task_result<T>(
+    joined: std::result::Result<(tokio::task::Id, Task<T>), tokio::task::JoinError>,
+    running: &mut TaskIds,
+) -> Task<T> {
+    match joined {
+        Ok((task, result)) => {
+            running.remove(&task);
+            result
+        }
+        Err(e) => (
+            running.remove(&e.id()).unwrap_or_default(),
             Err(Error::Usage(format!("a judging task failed: {e}"))),
-        )
-    })
+        ),
+    }
 }
 
 enum Wake {
@@ -581,7 +608,8 @@ enum Wake {
     Stream(Option<(usize, FromStream)>),
     StreamTaskEnded(String),
     Judged(Task<Judged>),
-    Scanned((IdRange, Result<Vec<Finding>>)),
+    Scanned((IdRange, Result<()>)),
+    ScanBatch(Vec<Finding>),
     Tick,
     Save,
     Behind,
@@ -647,7 +675,12 @@ impl Watch<'_> {
         let mut stop = self.options.stop.clone();
         let mut judges: JoinSet<Task<Judged>> = JoinSet::new();
         let mut waves: JoinSet<Task<Judged>> = JoinSet::new();
-        let mut scans: JoinSet<(IdRange, Result<Vec<Finding>>)> = JoinSet::new();
+        let mut running: TaskIds = HashMap::new();
+        let mut scans: JoinSet<(IdRange, Result<()>)> = JoinSet::new();
+        // A range scan hands its candidates over a batch at a time, and
+        // waits while the confirmations are full: a range of a million
+        // broken blobs costs the memory of a few batches.
+        let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<Finding>>(1);
         let mut save = tokio::time::interval(self.options.state_interval);
         let mut behind = tokio::time::interval(BEHIND_INTERVAL);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -664,11 +697,12 @@ impl Watch<'_> {
                 Some(ended) = streams.join_next(), if !streams.is_empty() => Wake::StreamTaskEnded(
                     ended.err().map(|e| e.to_string()).unwrap_or_else(|| "it returned".into()),
                 ),
-                Some(judged) = judges.join_next(), if !judges.is_empty() => Wake::Judged(task_result(judged)),
-                Some(judged) = waves.join_next(), if !waves.is_empty() => Wake::Judged(task_result(judged)),
+                Some(judged) = judges.join_next_with_id(), if !judges.is_empty() => Wake::Judged(task_result(judged, &mut running)),
+                Some(judged) = waves.join_next_with_id(), if !waves.is_empty() => Wake::Judged(task_result(judged, &mut running)),
                 Some(scanned) = scans.join_next(), if !scans.is_empty() => Wake::Scanned(
                     scanned.unwrap_or_else(|e| (IdRange::ALL, Err(Error::Usage(format!("a range scan failed: {e}"))))),
                 ),
+                Some(batch) = batch_rx.recv(), if waves.len() < MAX_WAVES && judges.len() < MAX_JUDGES => Wake::ScanBatch(batch),
                 _ = save.tick() => Wake::Save,
                 _ = behind.tick() => Wake::Behind,
                 _ = tick.tick() => Wake::Tick,
@@ -695,10 +729,12 @@ impl Watch<'_> {
                         let source = Arc::clone(&self.source);
                         let options = self.options.confirm;
                         let ids: Vec<u64> = candidates.iter().map(|c| c.finding.blob_id).collect();
-                        waves.spawn(async move {
+                        let task_ids = ids.clone();
+                        let task = waves.spawn(async move {
                             let result = confirm(source, candidates, options).await;
                             (ids, result)
                         });
+                        running.insert(task.id(), task_ids);
                     }
                     self.on_judged(judged).await?;
                 }
@@ -718,22 +754,29 @@ impl Watch<'_> {
                         self.pending.touch_range(range, later, later);
                     }
                 }
-                Wake::Scanned((range, Ok(candidates))) => {
+                Wake::ScanBatch(candidates) => {
+                    self.judge_scanned(&mut judges, &mut running, candidates);
+                }
+                Wake::Scanned((range, Ok(()))) => {
+                    // Its last batch may wait in the channel: judged before
+                    // the range leaves the state.
+                    while let Ok(candidates) = batch_rx.try_recv() {
+                        self.judge_scanned(&mut judges, &mut running, candidates);
+                    }
                     self.scanning.retain(|r| *r != range);
                     self.metrics.ranges_scanned.inc();
-                    if !candidates.is_empty() {
-                        // Being judged: in the state file until settled.
-                        for c in &candidates {
-                            self.judging.entry(c.blob_id).or_insert(None);
-                        }
-                        self.spawn_judge(&mut judges, Vec::new(), candidates);
-                    }
                 }
                 Wake::Tick => {}
                 Wake::Save => self.save_state()?,
                 Wake::Behind => self.measure_behind().await,
             }
-            self.start_due(&mut judges, &mut scans);
+            self.start_due(
+                &mut judges,
+                &mut running,
+                waves.len(),
+                &mut scans,
+                &batch_tx,
+            );
             self.metrics.waiting_ids.set(self.pending.len() as i64);
             self.metrics
                 .waiting_ranges
@@ -753,6 +796,11 @@ impl Watch<'_> {
             let touch = self.judging.remove(&id).flatten();
             self.pending.touch(id, later, later, touch);
         }
+    }
+
+    fn raise_watermark(&mut self, server: usize, timestamp: u32) {
+        let mark = self.watermark.entry(server).or_insert(0);
+        *mark = (*mark).max(timestamp);
     }
 
     fn server_name(&self, server: usize) -> &str {
@@ -782,6 +830,7 @@ impl Watch<'_> {
                             server,
                             (change.committed_at, false, change.coordinates.clone()),
                         );
+                        self.raise_watermark(server, change.committed_at);
                         let now = Instant::now();
                         let due = now + self.options.confirm.settle_delay;
                         let deadline = now + self.options.confirm.settle_delay * MAX_WAIT_DELAYS;
@@ -832,10 +881,17 @@ impl Watch<'_> {
                                 .get_or_create(&label)
                                 .set(f64::from(timestamp));
                         }
+                        self.raise_watermark(server, timestamp);
                         self.last_event
                             .insert(server, (timestamp, false, coordinates));
                     }
                     StreamEvent::Heartbeat { coordinates } => {
+                        // Not on a replica: idle, it may still have a
+                        // delayed past to apply.
+                        if self.primaries.contains(&server) {
+                            let now = unix_seconds(SystemTime::now()) as u32;
+                            self.raise_watermark(server, now.saturating_sub(1));
+                        }
                         let at = self.last_event.get(&server).map_or(0, |e| e.0);
                         self.last_event.insert(server, (at, true, coordinates));
                     }
@@ -876,11 +932,29 @@ impl Watch<'_> {
     fn start_due(
         &mut self,
         judges: &mut JoinSet<Task<Judged>>,
-        scans: &mut JoinSet<(IdRange, Result<Vec<Finding>>)>,
+        running: &mut TaskIds,
+        waves: usize,
+        scans: &mut JoinSet<(IdRange, Result<()>)>,
+        batches: &mpsc::Sender<Vec<Finding>>,
     ) {
         let now = Instant::now();
-        while judges.len() < MAX_JUDGES {
-            let due = self.pending.take_due(now, JUDGE_BATCH);
+        // Past MAX_WAVES confirmations at once, due ids wait: memory stays
+        // bounded whatever the share of ids that look wrong.
+        // Every followed server's log has passed this second: each has
+        // applied everything committed before it (replicas apply in
+        // order), so a change from an earlier second has all its other
+        // halves in place, however far one replica lags behind another.
+        let applied = self.applied_through();
+        let ready = |touches: &Option<Touches>| match touches {
+            Some(touches) => touches
+                .0
+                .iter()
+                .all(|t| u64::from(t.change.committed_at) < applied),
+            None => true,
+        };
+        let retry = now + READY_RETRY;
+        while judges.len() < MAX_JUDGES && waves < MAX_WAVES {
+            let due = self.pending.take_ready(now, JUDGE_BATCH, retry, ready);
             if due.is_empty() {
                 break;
             }
@@ -896,7 +970,7 @@ impl Watch<'_> {
                 ids.push(id);
             }
             if !ids.is_empty() {
-                self.spawn_judge(judges, ids, Vec::new());
+                self.spawn_judge(judges, running, ids, Vec::new());
             }
         }
         if scans.is_empty() {
@@ -904,14 +978,42 @@ impl Watch<'_> {
                 self.scanning.push(range);
                 let source = Arc::clone(&self.source);
                 let options = self.options.scan;
-                scans.spawn(async move { (range, scan_range(source, range, options).await) });
+                let batches = batches.clone();
+                scans.spawn(
+                    async move { (range, scan_range(source, range, options, batches).await) },
+                );
             }
         }
+    }
+
+    /// The second every followed server's log has passed (the earliest of
+    /// their latest event times; 0 until each has logged an event).
+    fn applied_through(&self) -> u64 {
+        self.places
+            .iter()
+            .map(|(server, _)| self.watermark.get(server).copied().unwrap_or(0))
+            .min()
+            .map_or(0, u64::from)
+    }
+
+    /// A range scan's candidates: being judged, so in the state file until
+    /// settled.
+    fn judge_scanned(
+        &mut self,
+        judges: &mut JoinSet<Task<Judged>>,
+        running: &mut TaskIds,
+        candidates: Vec<Finding>,
+    ) {
+        for c in &candidates {
+            self.judging.entry(c.blob_id).or_insert(None);
+        }
+        self.spawn_judge(judges, running, Vec::new(), candidates);
     }
 
     fn spawn_judge(
         &self,
         judges: &mut JoinSet<Task<Judged>>,
+        running: &mut TaskIds,
         mut ids: Vec<u64>,
         scanned: Vec<Finding>,
     ) {
@@ -920,7 +1022,9 @@ impl Watch<'_> {
         let confirm = self.options.confirm;
         let mut all: Vec<u64> = ids.clone();
         all.extend(scanned.iter().map(|f| f.blob_id));
-        judges.spawn(async move { (all, judge(source, ids, scanned, confirm).await) });
+        let task_ids = all.clone();
+        let task = judges.spawn(async move { (all, judge(source, ids, scanned, confirm).await) });
+        running.insert(task.id(), task_ids);
     }
 
     async fn on_judged(&mut self, judged: Judged) -> Result<()> {
@@ -1160,19 +1264,29 @@ async fn scan_range(
     source: Arc<DbSource>,
     range: IdRange,
     options: ScanOptions,
-) -> Result<Vec<Finding>> {
+    batches: mpsc::Sender<Vec<Finding>>,
+) -> Result<()> {
     tracing::info!("scanning ids {range}: more ids were touched than the watch holds");
     let (tx, mut rx) = mpsc::channel(4);
     let scanning = tokio::spawn(scan(source, range, options, tx));
-    let mut candidates = Vec::new();
+    let mut batch = Vec::new();
     while let Some(outcome) = rx.recv().await {
-        candidates.extend(outcome.findings);
-        candidates.extend(outcome.watch);
+        batch.extend(outcome.findings);
+        batch.extend(outcome.watch);
+        if batch.len() >= JUDGE_BATCH {
+            // Waits while the confirmations are full (and so does the scan).
+            if batches.send(std::mem::take(&mut batch)).await.is_err() {
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = batches.send(batch).await;
     }
     scanning
         .await
         .map_err(|e| Error::Usage(format!("a range scan failed: {e}")))??;
-    Ok(candidates)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -177,7 +177,44 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
         Some(entry)
     }
 
+    /// Up to `limit` ids due at `now` whose origin is `ready` (or whose
+    /// deadline has come), earliest first, taken out. A due id not ready
+    /// waits on until `retry` (never past its deadline).
+    pub fn take_ready(
+        &mut self,
+        now: T,
+        limit: usize,
+        retry: T,
+        ready: impl Fn(&O) -> bool,
+    ) -> Vec<(u64, O)> {
+        let mut due = Vec::new();
+        while due.len() < limit {
+            let Some(&(when, id)) = self.queue.first() else {
+                break;
+            };
+            if when > now {
+                break;
+            }
+            let entry = self.remove(id).expect("queued ids are kept");
+            if entry.deadline > now && !ready(&entry.origin) {
+                let later = retry.min(entry.deadline);
+                self.queue.insert((later, id));
+                self.ids.insert(
+                    id,
+                    Entry {
+                        due: later,
+                        ..entry
+                    },
+                );
+                continue;
+            }
+            due.push((id, entry.origin));
+        }
+        due
+    }
+
     /// Up to `limit` ids due at `now`, earliest first, taken out.
+    #[cfg(test)]
     pub fn take_due(&mut self, now: T, limit: usize) -> Vec<(u64, O)> {
         let mut due = Vec::new();
         while due.len() < limit {
@@ -258,6 +295,20 @@ mod tests {
         p.touch(6, 20, 35, "b");
         p.touch(6, 30, 45, "c");
         assert_eq!(p.take_due(25, 10), vec![(6, "c")]);
+    }
+
+    #[test]
+    fn an_id_not_ready_waits_until_it_is_or_its_deadline() {
+        let mut p: Pending<u32, bool> = Pending::new(10, 4);
+        p.touch(1, 10, 30, false);
+        p.touch(2, 10, 30, true);
+        // Not ready: pushed to the retry time.
+        assert_eq!(p.take_ready(10, 10, 12, |&ready| ready), vec![(2, true)]);
+        assert!(p.take_ready(11, 10, 13, |&ready| ready).is_empty());
+        assert!(p.take_ready(12, 10, 14, |&ready| ready).is_empty());
+        // Its deadline: taken, ready or not.
+        assert_eq!(p.take_ready(30, 10, 32, |&ready| ready), vec![(1, false)]);
+        assert!(p.is_empty());
     }
 
     #[test]
