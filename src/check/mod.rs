@@ -32,7 +32,7 @@ use crate::progress::{Progress, ProgressMode};
 use crate::read::{PointReads, RunReads, ScanReads};
 use crate::report::{ColumnSummary, Reporter, SketchCounts, Summary};
 use crate::scan::{Checked, ChunkOutcome, ScanOptions, scan};
-use crate::throttle::{Throttle, ThrottleOptions};
+use crate::throttle::ThrottleOptions;
 use resume::{identity, starting_state};
 
 /// Which ids to check.
@@ -181,17 +181,8 @@ pub async fn run(
     .await?;
     // Only once the check is sure to run: a failing run says one thing.
     source.databases.warn_if_writable().await;
-    let throttle = Throttle::start(
-        options.throttle.clone(),
-        config
-            .servers
-            .iter()
-            .zip(&source.databases.pools)
-            .map(|(s, p)| (s.name.clone(), p.clone()))
-            .collect(),
-    );
+    let throttle = source.throttle_with(options.throttle.clone());
     source.retry_for = options.retry_for;
-    source.throttle = Arc::clone(&throttle);
     source.protocol = options.protocol;
     let source = Arc::new(source);
 

@@ -180,6 +180,24 @@ impl DbSource {
         }
     }
 
+    /// Starts a throttle over every server of this source and makes every
+    /// read wait for it; returns it (for its statistics).
+    pub fn throttle_with(
+        &mut self,
+        options: crate::throttle::ThrottleOptions,
+    ) -> Arc<crate::throttle::Throttle> {
+        let servers = self
+            .databases
+            .servers
+            .iter()
+            .zip(&self.databases.pools)
+            .map(|(s, p)| (s.name.clone(), p.clone()))
+            .collect();
+        let throttle = crate::throttle::Throttle::start(options, servers);
+        self.throttle = Arc::clone(&throttle);
+        throttle
+    }
+
     /// Opens every server of `config` and inspects its tables: the one way
     /// `check` and `repair-sql` reach the databases. Each server gets
     /// `reads_per_column` connections for every column it holds (the blob

@@ -210,16 +210,7 @@ pub async fn run(
     // Reads wait for the same limits as `check`'s (replica lag, threads
     // running, rows per second); the streams do not: falling behind the
     // logs would only delay the findings.
-    let throttle = crate::throttle::Throttle::start(
-        options.throttle.clone(),
-        config
-            .servers
-            .iter()
-            .zip(&source.databases.pools)
-            .map(|(s, p)| (s.name.clone(), p.clone()))
-            .collect(),
-    );
-    source.throttle = Arc::clone(&throttle);
+    source.throttle_with(options.throttle.clone());
     let source = Arc::new(source);
 
     let watched = watched_tables(config);

@@ -216,18 +216,7 @@ impl<T: Ord + Copy, O: Clone> Pending<T, O> {
     /// Up to `limit` ids due at `now`, earliest first, taken out.
     #[cfg(test)]
     pub fn take_due(&mut self, now: T, limit: usize) -> Vec<(u64, O)> {
-        let mut due = Vec::new();
-        while due.len() < limit {
-            let Some(&(when, id)) = self.queue.first() else {
-                break;
-            };
-            if when > now {
-                break;
-            }
-            let entry = self.remove(id).expect("queued ids are kept");
-            due.push((id, entry.origin));
-        }
-        due
+        self.take_ready(now, limit, now, |_| true)
     }
 
     /// Every range due at `now`, taken out.

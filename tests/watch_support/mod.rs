@@ -4,7 +4,6 @@
 //! and a watch run in process.
 #![allow(dead_code)]
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blobcheck::check::StopRequest;
@@ -333,26 +332,6 @@ impl Faults {
     pub async fn close(self) {
         let _ = self.global.disconnect().await;
         let _ = self.shard.disconnect().await;
-    }
-}
-
-/// Log lines written while a test runs.
-#[derive(Clone, Default)]
-pub struct Logs(pub Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
 
