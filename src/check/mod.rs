@@ -725,6 +725,52 @@ mod tests {
         (summary, reported(&written))
     }
 
+    /// The input a CI run found: four faults at 84, 89, 94 and 99 with
+    /// differences +1, −3, +3, −1 in one sketched piece cancel in all three
+    /// sums. The sketch misses them (its known blind spot) but reports
+    /// nothing false; the exact method finds them all.
+    #[test]
+    fn a_cancelling_pattern_is_missed_by_the_sketch_but_never_misreported() {
+        let blobs: BTreeMap<u64, u64> = [(68, 0), (69, 0), (70, 0), (71, 0), (84, 1), (94, 3)]
+            .into_iter()
+            .collect();
+        let columns: Vec<BTreeMap<u64, u64>> = vec![
+            [(89, 3), (99, 1), (100, 3), (102, 1), (103, 1)]
+                .into_iter()
+                .collect(),
+            [(68, 2), (102, 1)].into_iter().collect(),
+        ];
+        let expected: Vec<(u64, Option<u64>, u64)> =
+            crate::merge::tests::brute_force(&blobs, &columns)
+                .iter()
+                .map(|f| (f.blob_id, f.stored, f.actual))
+                .collect();
+        let confirm = ConfirmOptions {
+            settle_delay: Duration::from_secs(1),
+            confirmations: 2,
+            batch_size: 7,
+            hot_threshold: 3,
+        };
+        let mut sketched = ScanOptions::fixed(17, 1);
+        sketched.method = crate::scan::Method::Sketch {
+            target_rows: 4 * 17,
+        };
+        let mut options = CheckOptions::new(sketched);
+        options.confirm = confirm;
+        let (_, mut found) = check(MemorySource::new(blobs.clone(), columns.clone()), &options);
+        found.sort_unstable();
+        assert!(found.iter().all(|f| expected.contains(f)), "{found:?}");
+        assert!(
+            found.len() < expected.len(),
+            "the blind spot is still there: {found:?}"
+        );
+        let mut options = CheckOptions::new(ScanOptions::fixed(17, 1));
+        options.confirm = confirm;
+        let (_, mut found) = check(MemorySource::new(blobs, columns), &options);
+        found.sort_unstable();
+        assert_eq!(found, expected);
+    }
+
     fn model() -> impl Strategy<Value = (BTreeMap<u64, u64>, Vec<BTreeMap<u64, u64>>)> {
         let id = prop_oneof![
             3 => 0u64..300,
@@ -777,7 +823,19 @@ mod tests {
                 let (summary, mut found) =
                     check(MemorySource::new(blobs.clone(), columns.clone()), &options);
                 found.sort_unstable();
-                prop_assert_eq!(&found, &expected, "run {}", run);
+                if sketch && expected.len() > 3 {
+                    // Four or more faults can cancel in all three sums of a
+                    // piece (+1, −3, +3, −1 at consecutive ids), the blind
+                    // spot `sketch::four_faults_with_binomial_differences_cancel`
+                    // pins; three or fewer never can (their differences
+                    // would solve a Vandermonde system). What the sketch
+                    // reports is still always real.
+                    for finding in &found {
+                        prop_assert!(expected.contains(finding), "run {}: {:?} is not real", run, finding);
+                    }
+                } else {
+                    prop_assert_eq!(&found, &expected, "run {}", run);
+                }
                 prop_assert_eq!(summary.blob_rows, blobs.len() as u64);
                 let references: Vec<u64> = summary.columns.iter().map(|c| c.references).collect();
                 let expected_references: Vec<u64> =

@@ -93,6 +93,8 @@ const MIN_SETTLE_DELAY: Duration = Duration::from_millis(100);
 const MAX_RANGES: usize = 64;
 /// Judging tasks at once.
 const MAX_JUDGES: usize = 4;
+/// How soon after a finding the state is saved, at most once per interval.
+const REPORT_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon a due id whose changes are not yet in every server's log is
 /// looked at again.
 const READY_RETRY: Duration = Duration::from_millis(100);
@@ -282,6 +284,8 @@ pub async fn run(
         reported: HashMap::new(),
         last_event: HashMap::new(),
         watermark: HashMap::new(),
+        reports_unsaved: false,
+        saved_at: Instant::now(),
         primaries,
         summary: WatchSummary::default(),
     };
@@ -564,6 +568,9 @@ struct Watch<'a> {
     last_event: HashMap<usize, (u32, bool, Coordinates)>,
     /// Per server: the latest commit time its log has shown.
     watermark: HashMap<usize, u32>,
+    /// Findings reported since the state was last saved.
+    reports_unsaved: bool,
+    saved_at: Instant,
     /// Followed servers that replicate from none: an idle one's heartbeat
     /// says its log holds everything committed so far.
     primaries: Vec<usize>,
@@ -651,7 +658,18 @@ impl Watch<'_> {
         state
     }
 
-    fn save_state(&self) -> Result<()> {
+    /// Saves the state if findings were reported since the last save and
+    /// the last save is a second old.
+    fn save_reports(&mut self) -> Result<()> {
+        if self.reports_unsaved && self.saved_at.elapsed() >= REPORT_SAVE_INTERVAL {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    fn save_state(&mut self) -> Result<()> {
+        self.saved_at = Instant::now();
+        self.reports_unsaved = false;
         match &self.options.state {
             Some(path) => self.snapshot().save(path),
             None => Ok(()),
@@ -757,7 +775,7 @@ impl Watch<'_> {
                     self.scanning.retain(|r| *r != range);
                     self.metrics.ranges_scanned.inc();
                 }
-                Wake::Tick => {}
+                Wake::Tick => self.save_reports()?,
                 Wake::Save => self.save_state()?,
                 Wake::Behind => self.measure_behind().await,
             }
@@ -1055,9 +1073,12 @@ impl Watch<'_> {
             self.report(&finding, touch.as_ref()).await?;
             reported_any = true;
         }
-        // At once: a restart must not report them again.
+        // Soon (within a second, not after every wave: a million findings
+        // would write the state a million times): a restart must not
+        // report them again.
         if reported_any {
-            self.save_state()?;
+            self.reports_unsaved = true;
+            self.save_reports()?;
         }
         Ok(())
     }
