@@ -87,7 +87,9 @@ fn retryable(error: &mysql_async::Error) -> bool {
     use mysql_async::{DriverError, Error as E};
     match error {
         E::Io(_) => true,
-        E::Driver(DriverError::ConnectionClosed | DriverError::PoolDisconnected) => true,
+        E::Driver(DriverError::ConnectionClosed) => true,
+        // Only the run's own end disconnects a pool: a read still in
+        // flight then stops, without a retry or a warning.
         // Server shutdown, connection killed, too many connections, query
         // interrupted, lock wait timeout, deadlock, lost connection.
         E::Server(server) => matches!(
