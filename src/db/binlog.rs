@@ -139,9 +139,6 @@ const MARIADB_SKIPPED_EVENTS: [u8; 4] = [160, 161, 163, 164];
 /// MariaDB's compressed query and row events (`log_bin_compress`), which
 /// `mysql_common` cannot read.
 const MARIADB_UNREADABLE_EVENTS: [u8; 7] = [165, 166, 167, 168, 169, 170, 171];
-/// MariaDB's GTID event flag: the transaction is a single DDL statement,
-/// committed on its own (no XID event follows).
-const MARIADB_GTID_STANDALONE: u8 = 1;
 
 /// A server's binary-log settings as far as `watch` needs them.
 #[derive(Debug, Clone)]
@@ -397,8 +394,6 @@ pub struct Follower {
     /// Per table id of the current log: how its rows are read.
     tables: HashMap<u64, Reading>,
     gtid: Option<String>,
-    /// The transaction's GTID event was flagged standalone (DDL).
-    standalone: bool,
     /// Where the current statement's text would be.
     statement_at: Option<Coordinates>,
     /// The end of the event before the current one.
@@ -429,21 +424,10 @@ impl Follower {
             layouts: HashMap::new(),
             tables: HashMap::new(),
             gtid: None,
-            standalone: false,
             statement_at: None,
             previous_end: None,
             stale: true,
         }
-    }
-
-    /// The server followed.
-    pub fn server(&self) -> &Server {
-        &self.server
-    }
-
-    /// Where a restart would resume without missing a change.
-    pub fn safe_coordinates(&self) -> &Coordinates {
-        &self.safe
     }
 
     fn error(&self, reason: impl std::fmt::Display) -> Error {
@@ -592,12 +576,10 @@ impl Follower {
             });
         }
         if kind == MARIADB_GTID_EVENT {
-            let (gtid, flags) =
-                mariadb_gtid(event.data(), header.server_id()).ok_or_else(|| {
-                    StreamFault::Lost(self.error("a MariaDB GTID event too short to read"))
-                })?;
+            let gtid = mariadb_gtid(event.data(), header.server_id()).ok_or_else(|| {
+                StreamFault::Lost(self.error("a MariaDB GTID event too short to read"))
+            })?;
             self.gtid = Some(gtid);
-            self.standalone = flags & MARIADB_GTID_STANDALONE != 0;
             self.statement_at = None;
             self.advance(end);
             return Ok(None);
@@ -665,7 +647,6 @@ impl Follower {
             }
             EventData::GtidEvent(gtid) => {
                 self.gtid = Some(format!("{}:{}", uuid_text(&gtid.sid()), gtid.gno()));
-                self.standalone = false;
                 self.statement_at = None;
                 None
             }
@@ -754,7 +735,6 @@ impl Follower {
     fn committed(&mut self, end: u64, timestamp: u32, unseen: Option<String>) -> StreamEvent {
         self.advance(end);
         self.statement_at = None;
-        self.standalone = false;
         StreamEvent::Committed {
             coordinates: self.at.clone(),
             gtid: self.gtid.take(),
@@ -947,12 +927,14 @@ fn is_integer_type(t: mysql_async::consts::ColumnType) -> bool {
 }
 
 /// MariaDB's GTID event body: sequence number (8 bytes), domain id (4),
-/// flags (1), little-endian; the server id is the event header's.
-fn mariadb_gtid(data: &[u8], server_id: u32) -> Option<(String, u8)> {
+/// flags (1), little-endian; the server id is the event header's. The
+/// flags are not needed: a DDL statement's own transaction ends with its
+/// query event, which the follower treats as a commit.
+fn mariadb_gtid(data: &[u8], server_id: u32) -> Option<String> {
     let sequence = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
     let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
-    let flags = *data.get(12)?;
-    Some((format!("{domain}-{server_id}-{sequence}"), flags))
+    data.get(12)?;
+    Some(format!("{domain}-{server_id}-{sequence}"))
 }
 
 fn uuid_text(sid: &[u8; 16]) -> String {
@@ -1053,11 +1035,8 @@ mod tests {
         let mut body = Vec::new();
         body.extend_from_slice(&42u64.to_le_bytes());
         body.extend_from_slice(&3u32.to_le_bytes());
-        body.push(MARIADB_GTID_STANDALONE);
-        assert_eq!(
-            mariadb_gtid(&body, 7),
-            Some(("3-7-42".to_owned(), MARIADB_GTID_STANDALONE))
-        );
+        body.push(1);
+        assert_eq!(mariadb_gtid(&body, 7), Some("3-7-42".to_owned()));
         assert_eq!(mariadb_gtid(&body[..12], 7), None);
     }
 
