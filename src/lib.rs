@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod paths;
 pub mod plan;
 pub mod progress;
+pub mod pushgateway;
 pub mod read;
 pub mod repair;
 pub mod report;
@@ -39,3 +40,12 @@ pub const EXIT_ERROR: i32 = 2;
 /// Exit status: the check was stopped by SIGTERM or SIGINT before its end
 /// (it saved its checkpoint, summary and metrics first).
 pub const EXIT_INTERRUPTED: i32 = 3;
+
+/// The version `--version` prints: the crate's and the commit it was built
+/// from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BLOBCHECK_COMMIT"),
+    ")"
+);

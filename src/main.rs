@@ -17,7 +17,7 @@ use blobcheck::{EXIT_CONSISTENT, EXIT_ERROR, EXIT_FINDINGS, EXIT_INTERRUPTED};
 #[derive(Parser)]
 #[command(
     name = "blobcheck",
-    version,
+    version = blobcheck::VERSION,
     about = "Finds blob reference-count inconsistencies across MySQL/MariaDB servers",
     after_help = "Exit status: 0 consistent, 1 findings, 2 could not check."
 )]
@@ -84,6 +84,13 @@ enum Command {
         /// Write the plan to FILE instead of stdout.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Write the manual pages (blobcheck.1 and one per command) into DIR, for packaging.
+    #[command(hide = true)]
+    Man {
+        /// Where to write the pages; created if missing.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -231,6 +238,10 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             runtime.block_on(command::doctor(&config, watch))?;
             Ok(0)
         }
+        Command::Man { dir } => {
+            write_manual(&dir)?;
+            Ok(0)
+        }
         Command::RepairSql {
             config: config_path,
             findings,
@@ -248,4 +259,15 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
             Ok(0)
         }
     }
+}
+
+/// The manual pages of every command, from the same definitions as `--help`.
+fn write_manual(dir: &std::path::Path) -> Result<(), Error> {
+    use clap::CommandFactory;
+    let failed = |e: std::io::Error| Error::Output {
+        path: format!("manual pages in {}", dir.display()),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(failed)
 }

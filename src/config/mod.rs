@@ -138,6 +138,7 @@ struct RawDiscovery {
     user: String,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
+    password_credential: Option<String>,
     connect_timeout_secs: Option<u64>,
     ssl_mode: Option<String>,
     ssl_ca: Option<PathBuf>,
@@ -165,6 +166,7 @@ struct RawServer {
     url: String,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
+    password_credential: Option<String>,
     connect_timeout_secs: Option<u64>,
     ssl_mode: Option<String>,
     ssl_ca: Option<PathBuf>,
@@ -316,6 +318,7 @@ fn build_discovery(
             url: format!("mysql://{}@localhost", raw.user),
             password_env: raw.password_env.clone(),
             password_file: raw.password_file.clone(),
+            password_credential: raw.password_credential.clone(),
             connect_timeout_secs: raw.connect_timeout_secs,
             ssl_mode: raw.ssl_mode.clone(),
             ssl_ca: raw.ssl_ca.clone(),
@@ -357,23 +360,38 @@ fn build_server(name: &str, raw: &RawServer, origin: &Path) -> std::result::Resu
     let opts = mysql_async::Opts::from_url(&raw.url)
         .map_err(|e| format!("invalid url: {}", crate::error::one_line(e)))?;
     let mut password = opts.pass().map(|p| Secret(p.to_owned()));
-    if raw.password_env.is_some() && raw.password_file.is_some() {
-        return Err("give password_env or password_file, not both".into());
+    let sources = [
+        raw.password_env.is_some(),
+        raw.password_file.is_some(),
+        raw.password_credential.is_some(),
+    ];
+    if sources.iter().filter(|given| **given).count() > 1 {
+        return Err(
+            "give one of password_env, password_file and password_credential, not several".into(),
+        );
     }
     if let Some(var) = &raw.password_env {
         let value = std::env::var(var)
             .map_err(|_| format!("password_env: environment variable {var} is not set"))?;
         password = Some(Secret(value));
     }
-    if let Some(file) = &raw.password_file {
-        let file = if file.is_relative() {
-            origin.parent().unwrap_or(Path::new(".")).join(file)
-        } else {
-            file.clone()
-        };
-        let value = std::fs::read_to_string(&file).map_err(|e| {
+    let file = match (&raw.password_file, &raw.password_credential) {
+        (Some(file), _) if file.is_relative() => {
+            Some(origin.parent().unwrap_or(Path::new(".")).join(file))
+        }
+        (Some(file), _) => Some(file.clone()),
+        (None, Some(name)) => Some(credential_path(name)?),
+        (None, None) => None,
+    };
+    if let Some(file) = &file {
+        let value = std::fs::read_to_string(file).map_err(|e| {
             format!(
-                "password_file {}: {}",
+                "{} {}: {}",
+                if raw.password_file.is_some() {
+                    "password_file"
+                } else {
+                    "password_credential"
+                },
                 file.display(),
                 crate::error::one_line(e)
             )
@@ -429,6 +447,23 @@ fn build_server(name: &str, raw: &RawServer, origin: &Path) -> std::result::Resu
         tls,
         discovered: false,
     })
+}
+
+/// Where systemd put the credential `name` of the unit (`LoadCredential=`
+/// or `SetCredential=`): `$CREDENTIALS_DIRECTORY/name`.
+fn credential_path(name: &str) -> std::result::Result<PathBuf, String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(format!(
+            "password_credential `{}` must be a credential name, not a path",
+            name.escape_debug()
+        ));
+    }
+    let directory = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        format!(
+            "password_credential `{name}`: CREDENTIALS_DIRECTORY is not set (it is set by systemd for a unit with LoadCredential={name}:FILE)"
+        )
+    })?;
+    Ok(PathBuf::from(directory).join(name))
 }
 
 /// `mysql://user:pw@host` → `mysql://user@host`.
@@ -634,6 +669,27 @@ column = "Body"
         let err = parse(&text).unwrap_err().to_string();
         assert!(
             err.contains("BLOBCHECK_TEST_UNSET_VARIABLE is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_credential_is_a_name_and_one_password_source_is_allowed() {
+        for bad in ["", "a/b", "/etc/passwd", ".", ".."] {
+            let error = credential_path(bad).unwrap_err();
+            assert!(
+                error.contains("must be a credential name"),
+                "{bad:?}: {error}"
+            );
+        }
+        let text = EXAMPLE.replacen(
+            "url = \"mysql://checker:secret@127.0.0.1:3306\"",
+            "url = \"mysql://checker@127.0.0.1:3306\"\npassword_file = \"pw\"\npassword_credential = \"global\"",
+            1,
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("give one of password_env, password_file and password_credential"),
             "{err}"
         );
     }

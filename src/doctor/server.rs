@@ -147,7 +147,7 @@ impl Doctor<'_> {
             server.discovered,
         ) {
             (true, Some(_), true) => {
-                "check the user and password of [discovery] (user, password_env or password_file)"
+                "check the user and password of [discovery] (user, password_env, password_file or password_credential)"
                     .to_owned()
             }
             (false, Some(d), true) => format!(
@@ -156,7 +156,7 @@ impl Doctor<'_> {
                 server.name.trim_start_matches("shard")
             ),
             (true, _, _) => format!(
-                "check the user and password of [servers.{}] (url, password_env or password_file)",
+                "check the user and password of [servers.{}] (url, password_env, password_file or password_credential)",
                 server.name
             ),
             (false, _, _) => format!(
