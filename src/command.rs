@@ -13,9 +13,10 @@ use crate::check::{self, CheckOptions, CheckpointOptions, Scope, StopRequest};
 use crate::config::{Config, Overrides};
 use crate::db::Protocol;
 use crate::error::{Error, Result};
-use crate::metrics::{self, RunMetrics};
+use crate::metrics::{self, RunMetrics, RunProgress};
 use crate::plan::{IdRange, Partition};
-use crate::progress::ProgressMode;
+use crate::progress::{LiveProgress, ProgressMode};
+use crate::pushgateway;
 use crate::report::{Format, Reporter, Summary};
 
 /// The flags of `check` and `demo`, as given.
@@ -32,6 +33,17 @@ pub struct CheckArgs {
     /// Write Prometheus metrics of the run to FILE (atomically), for node_exporter's textfile collector; written on failure too.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Push the run's metrics to the Prometheus Pushgateway at URL (http://host:9091) at its end, failed runs included; grouped by job and partition.
+    #[arg(long, value_name = "URL")]
+    pub metrics_push: Option<String>,
+    /// The `job` label of the pushed metrics' group (with --metrics-push).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "blobcheck",
+        requires = "metrics_push"
+    )]
+    pub metrics_job: String,
     /// Keep progress, pending candidates and findings in FILE (written atomically every few seconds).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
@@ -100,6 +112,7 @@ impl CheckArgs {
             } else {
                 self.progress
             },
+            live_progress: None,
             retry_for: settings.retry_for(),
             max_connections_per_server: settings.max_connections_per_server,
             affected_rows: settings.affected_rows,
@@ -133,8 +146,20 @@ pub async fn check(
     quiet: bool,
     stop: StopRequest,
 ) -> Result<u64> {
-    let options = args.check_options(config, quiet, stop.clone())?;
+    let mut options = args.check_options(config, quiet, stop.clone())?;
     crate::paths::refuse_collisions(&args.files(config_path))?;
+    let labels = metric_labels(args.partition);
+    let push = args
+        .metrics_push
+        .as_deref()
+        .map(|url| pushgateway::Target::new(url, &args.metrics_job, &labels))
+        .transpose()?;
+    let started_at = std::time::SystemTime::now();
+    let live = std::sync::Arc::new(LiveProgress::default());
+    let progress_pushes = push.clone().map(|target| {
+        options.live_progress = Some(std::sync::Arc::clone(&live));
+        ProgressPushes::start(target, started_at, std::sync::Arc::clone(&live))
+    });
 
     let out = open_output(args.output.as_deref(), Lines::Blocks)?;
     // The check labels the columns once it knows them all: discovery adds
@@ -145,9 +170,30 @@ pub async fn check(
     // counts are partial, and published they would resolve the alerts of
     // the last complete run.
     let complete = result.as_ref().ok().filter(|s| s.interrupted.is_none());
+    let finished_at = std::time::SystemTime::now();
+    let mut delivered = Vec::new();
     if let Some(path) = &args.metrics_file {
-        let written = write_metrics(path, args.partition, complete);
-        if let Err(e) = written {
+        delivered.push(write_metrics(path, &labels, complete, finished_at));
+    }
+    if let Some(target) = push {
+        // The last progress push lands before the run's own, never after.
+        if let Some(pushes) = progress_pushes {
+            pushes.stop().await;
+        }
+        let progress = RunProgress {
+            running: false,
+            started_at,
+            fraction: if complete.is_some() {
+                1.0
+            } else {
+                live.fraction()
+            },
+            rows: live.rows(),
+        };
+        delivered.push(push_metrics(target, complete, finished_at, progress).await);
+    }
+    for outcome in delivered {
+        if let Err(e) = outcome {
             // The check's own outcome matters more than the metrics'.
             if complete.is_some() {
                 return Err(e);
@@ -273,26 +319,116 @@ pub async fn demo_watch(stop: StopRequest) -> Result<u64> {
     Ok(summary.findings)
 }
 
+/// The labels of a run's series: a partition's carry it.
+fn metric_labels(partition: Option<Partition>) -> Vec<(String, String)> {
+    partition
+        .map(|p| vec![("partition".to_owned(), p.to_string())])
+        .unwrap_or_default()
+}
+
 /// The metrics file of a run: `complete` is its summary if it got to its
-/// end. A partition's series carry its label.
+/// end.
 fn write_metrics(
     path: &Path,
-    partition: Option<Partition>,
+    labels: &[(String, String)],
     complete: Option<&Summary>,
+    finished_at: std::time::SystemTime,
 ) -> Result<()> {
-    let labels: Vec<(String, String)> = partition
-        .map(|p| vec![("partition".to_owned(), p.to_string())])
-        .unwrap_or_default();
     metrics::write(
         path,
         RunMetrics {
             summary: complete,
             success: complete.is_some(),
-            finished_at: std::time::SystemTime::now(),
+            finished_at,
             last_success: None,
-            labels: &labels,
+            labels,
         },
     )
+}
+
+/// The run's metrics to the Pushgateway: a complete run replaces its
+/// group, a failed one updates only its `blobcheck_last_run_*` series (the
+/// last success's stay). The labels are the group's, not the body's.
+async fn push_metrics(
+    target: pushgateway::Target,
+    complete: Option<&Summary>,
+    finished_at: std::time::SystemTime,
+    progress: RunProgress,
+) -> Result<()> {
+    let body = metrics::render(&RunMetrics {
+        summary: complete,
+        success: complete.is_some(),
+        finished_at,
+        last_success: None,
+        labels: &[],
+    }) + &metrics::render_progress(progress);
+    let mode = if complete.is_some() {
+        pushgateway::Mode::Replace
+    } else {
+        pushgateway::Mode::Update
+    };
+    tokio::task::spawn_blocking(move || target.push(&body, mode, pushgateway::ATTEMPTS))
+        .await
+        .map_err(|e| Error::Output {
+            path: "metrics push".into(),
+            reason: e.to_string(),
+        })?
+}
+
+/// How often a running check pushes how far it is.
+const PROGRESS_PUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The progress a running check pushes, at its start and every
+/// [`PROGRESS_PUSH_INTERVAL`]: one try each (the next one comes soon), a
+/// warning when a push fails after one succeeded.
+struct ProgressPushes {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressPushes {
+    fn start(
+        target: pushgateway::Target,
+        started_at: std::time::SystemTime,
+        live: std::sync::Arc<LiveProgress>,
+    ) -> ProgressPushes {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                let body = metrics::render_progress(RunProgress {
+                    running: true,
+                    started_at,
+                    fraction: live.fraction(),
+                    rows: live.rows(),
+                });
+                let target = target.clone();
+                let pushed = tokio::task::spawn_blocking(move || {
+                    target.push(&body, pushgateway::Mode::Update, 1)
+                })
+                .await;
+                match pushed {
+                    Ok(Err(e)) if !failing => {
+                        tracing::warn!("{e} (progress; the run goes on)");
+                        failing = true;
+                    }
+                    Ok(Ok(())) => failing = false,
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(PROGRESS_PUSH_INTERVAL) => {}
+                }
+            }
+        });
+        ProgressPushes { stop, task }
+    }
+
+    /// Stops the pushes, waiting for one in flight.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// How long a stop request may take to be carried out by the check itself

@@ -330,6 +330,54 @@ impl Totals {
     }
 }
 
+/// How far a check is, as pushed while it runs ([`render_progress`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RunProgress {
+    /// The check is still running (0 in the push that ends it).
+    pub running: bool,
+    pub started_at: SystemTime,
+    /// The share of the id span scanned, 0 to 1.
+    pub fraction: f64,
+    pub rows: u64,
+}
+
+impl Collector for RunProgress {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        gauge(
+            &mut encoder,
+            "blobcheck_check_running",
+            "1 while a check runs, 0 once it has ended (pushed to a Pushgateway).",
+            u64::from(self.running),
+        )?;
+        gauge(
+            &mut encoder,
+            "blobcheck_check_started_timestamp_seconds",
+            "When the running or last check started (seconds since the Unix epoch).",
+            seconds_since_epoch(self.started_at),
+        )?;
+        gauge(
+            &mut encoder,
+            "blobcheck_check_progress_ratio",
+            "Share of the id span the running or last check has scanned, 0 to 1.",
+            self.fraction.clamp(0.0, 1.0),
+        )?;
+        gauge(
+            &mut encoder,
+            "blobcheck_check_rows_read",
+            "Rows the running or last check has read so far.",
+            self.rows,
+        )
+    }
+}
+
+/// The progress series of a check, in the text format: pushed while it
+/// runs and, with `running` 0, with the run's metrics at its end.
+pub fn render_progress(progress: RunProgress) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(progress));
+    encode(&registry)
+}
+
 /// One gauge without labels of its own.
 fn gauge<N: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder,

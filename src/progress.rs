@@ -2,6 +2,8 @@
 //! terminal or as a log line every half minute otherwise (cron, Kubernetes).
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -23,6 +25,33 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 /// Resolution of the bar: permille of the id span.
 const BAR_STEPS: u64 = 1000;
 
+/// How far a running check is, for whoever reports it while it runs (the
+/// progress pushed to a Pushgateway): the share of the id span scanned and
+/// the rows read. Written by [`Progress::advance`], read at any time.
+#[derive(Debug, Default)]
+pub struct LiveProgress {
+    /// The fraction's `f64` bits.
+    fraction: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl LiveProgress {
+    /// The share of the id span scanned, 0 to 1.
+    pub fn fraction(&self) -> f64 {
+        f64::from_bits(self.fraction.load(Ordering::Relaxed))
+    }
+
+    /// Rows read so far.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, fraction: f64, rows: u64) {
+        self.fraction.store(fraction.to_bits(), Ordering::Relaxed);
+        self.rows.store(rows, Ordering::Relaxed);
+    }
+}
+
 /// Tracks how far the scan is, by position in the id span (ids are dense
 /// enough in practice for that to track time) and by rows read.
 pub struct Progress {
@@ -35,11 +64,18 @@ pub struct Progress {
     /// to the end of the range (often 2⁶⁴−1, far beyond the last blob).
     last: u64,
     rows: u64,
+    live: Option<Arc<LiveProgress>>,
 }
 
 impl Progress {
-    /// `range` is what is scanned; `last_blob` the largest blob id, if any.
-    pub fn new(mode: ProgressMode, range: IdRange, last_blob: Option<u64>) -> Progress {
+    /// `range` is what is scanned; `last_blob` the largest blob id, if any;
+    /// `live` is kept up to date with every advance.
+    pub fn new(
+        mode: ProgressMode,
+        range: IdRange,
+        last_blob: Option<u64>,
+        live: Option<Arc<LiveProgress>>,
+    ) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let (bar, log) = match mode {
             ProgressMode::Auto if terminal => (true, false),
@@ -68,6 +104,7 @@ impl Progress {
             start: range.start,
             last,
             rows: 0,
+            live,
         }
     }
 
@@ -84,6 +121,9 @@ impl Progress {
     pub fn advance(&mut self, position: u64, rows: u64) {
         self.rows += rows;
         let fraction = self.fraction(position);
+        if let Some(live) = &self.live {
+            live.set(fraction, self.rows);
+        }
         let elapsed = self.started.elapsed();
         let rate = self.rows as f64 / elapsed.as_secs_f64().max(1e-3);
         let eta = if fraction > 0.0 {

@@ -28,7 +28,7 @@ use crate::db::{DbSource, Protocol};
 use crate::error::{Error, Result};
 use crate::finding::{Direction, Finding, Kind};
 use crate::plan::{IdRange, Partition};
-use crate::progress::{Progress, ProgressMode};
+use crate::progress::{LiveProgress, Progress, ProgressMode};
 use crate::read::{PointReads, RunReads, ScanReads};
 use crate::report::{ColumnSummary, Reporter, SketchCounts, Summary};
 use crate::scan::{Checked, ChunkOutcome, ScanOptions, scan};
@@ -96,6 +96,8 @@ pub struct CheckOptions {
     pub throttle: ThrottleOptions,
     pub checkpoint: Option<CheckpointOptions>,
     pub progress: ProgressMode,
+    /// Kept up to date with how far the scan is, for reports while it runs.
+    pub live_progress: Option<Arc<LiveProgress>>,
     /// How long a failing query is retried before the check gives up.
     pub retry_for: Duration,
     /// Connections opened to one server at most (the pool's size is capped
@@ -121,6 +123,7 @@ impl CheckOptions {
             throttle: ThrottleOptions::default(),
             checkpoint: None,
             progress: ProgressMode::None,
+            live_progress: None,
             retry_for: Duration::from_secs(300),
             max_connections_per_server: crate::db::DEFAULT_MAX_CONNECTIONS_PER_SERVER,
             affected_rows: 10,
@@ -328,7 +331,12 @@ async fn run_with_source<S: CheckReads>(
         reporter,
         waves: VecDeque::new(),
         open: OpenWave::default(),
-        progress: Progress::new(options.progress, range, span.map(|(_, last)| last)),
+        progress: Progress::new(
+            options.progress,
+            range,
+            span.map(|(_, last)| last),
+            options.live_progress.clone(),
+        ),
         last_checkpoint: Instant::now(),
         sketch: SketchCounts::default(),
         interrupted: None,
