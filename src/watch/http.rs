@@ -1,6 +1,9 @@
 //! `--listen ADDR`: `/metrics` (Prometheus exposition of the watch's
-//! registry) and `/healthz` (200 while every stream is up and caught up,
-//! 503 with the reasons otherwise), over HTTP/1.1 with `hyper`.
+//! registry), `/healthz` (200 while every stream is up and caught up, 503
+//! with the reasons otherwise: for readiness and alerts) and `/livez` (200
+//! while the run loop turns, 503 once it has stopped for
+//! [`super::service::LIVENESS_LIMIT`]: for a liveness probe), over HTTP/1.1
+//! with `hyper`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,11 +18,16 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::metrics::WatchMetrics;
+use super::service::Liveness;
 use crate::error::{Error, Result};
 
 /// Binds `addr` (so that a taken port is a start-up error) and serves until
 /// the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<WatchMetrics>) -> Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<WatchMetrics>,
+    liveness: Arc<Liveness>,
+) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Usage(format!("--listen {addr}: {e}")))?;
@@ -30,10 +38,12 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<WatchMetrics>) -> Result<Socke
                 continue;
             };
             let metrics = Arc::clone(&metrics);
+            let liveness = Arc::clone(&liveness);
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let metrics = Arc::clone(&metrics);
-                    async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
+                    let liveness = Arc::clone(&liveness);
+                    async move { Ok::<_, Infallible>(answer(&request, &metrics, &liveness)) }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -44,7 +54,11 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<WatchMetrics>) -> Result<Socke
     Ok(bound)
 }
 
-fn answer(request: &Request<Incoming>, metrics: &WatchMetrics) -> Response<Full<Bytes>> {
+fn answer(
+    request: &Request<Incoming>,
+    metrics: &WatchMetrics,
+    liveness: &Liveness,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => (
             StatusCode::OK,
@@ -59,10 +73,14 @@ fn answer(request: &Request<Incoming>, metrics: &WatchMetrics) -> Response<Full<
                 reasons.join("\n") + "\n",
             ),
         },
+        "/livez" => match liveness.check(std::time::Instant::now()) {
+            Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+            Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", reason + "\n"),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /healthz\n".to_owned(),
+            "not found: try /metrics, /healthz or /livez\n".to_owned(),
         ),
     };
     Response::builder()

@@ -27,6 +27,7 @@
 mod http;
 pub mod metrics;
 mod pending;
+mod service;
 mod state;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ use crate::report::{ChangeNote, Origin, Reporter, utc_text};
 use crate::scan::{ScanOptions, scan};
 use metrics::{WatchMetrics, unix_seconds};
 use pending::Pending;
+use service::{LIVENESS_LIMIT, Liveness, ServiceManager};
 use state::ServerPlace;
 pub use state::WatchState;
 
@@ -228,8 +230,9 @@ pub async fn run(
         .map(|&i| config.servers[i].name.clone())
         .collect();
     let metrics = Arc::new(WatchMetrics::new(&names, options.max_behind));
+    let liveness = Arc::new(Liveness::new(LIVENESS_LIMIT));
     if let Some(addr) = options.listen {
-        let bound = http::serve(addr, Arc::clone(&metrics)).await?;
+        let bound = http::serve(addr, Arc::clone(&metrics), Arc::clone(&liveness)).await?;
         tracing::info!("serving /metrics and /healthz on http://{bound}");
     }
 
@@ -288,10 +291,15 @@ pub async fn run(
         saved_at: Instant::now(),
         primaries,
         summary: WatchSummary::default(),
+        manager: ServiceManager::from_env(),
+        liveness,
     };
     if let Some(state) = &state {
         watch.restore(state);
     }
+    watch
+        .manager
+        .ready(&format!("following {} servers", watch.places.len()));
     let result = watch.run_loop(rx, &mut streams).await;
     streams.abort_all();
     watch.save_state()?;
@@ -575,6 +583,10 @@ struct Watch<'a> {
     /// says its log holds everything committed so far.
     primaries: Vec<usize>,
     summary: WatchSummary,
+    /// systemd's end: readiness, status, the watchdog.
+    manager: ServiceManager,
+    /// What `/livez` answers from.
+    liveness: Arc<Liveness>,
 }
 
 /// A task's ids and what came of them.
@@ -720,6 +732,7 @@ impl Watch<'_> {
             match wake {
                 Wake::Stop => {
                     tracing::info!("stopping: saving the state");
+                    self.manager.stopping("stopping: saving the state");
                     return Ok(self.summary.clone());
                 }
                 Wake::Stream(None) => {
@@ -786,6 +799,9 @@ impl Watch<'_> {
                 &mut scans,
                 &batch_tx,
             );
+            let now = Instant::now();
+            self.manager.turned(now);
+            self.liveness.turned(now);
             self.metrics.waiting_ids.set(self.pending.len() as i64);
             self.metrics
                 .waiting_ranges
@@ -1134,6 +1150,7 @@ impl Watch<'_> {
     /// How far behind each server's log the watch is.
     async fn measure_behind(&mut self) {
         let now = unix_seconds(SystemTime::now());
+        let mut lookups = Vec::new();
         for (server, _) in self.places.clone() {
             let label = self.metrics.label(self.server_name(server));
             let Some((timestamp, idle, at)) = self.last_event.get(&server).cloned() else {
@@ -1148,18 +1165,25 @@ impl Watch<'_> {
                 .behind_seconds
                 .get_or_create(&label)
                 .set(seconds);
-            // A server that does not answer must not hold up the run loop.
-            let measured = tokio::time::timeout(LOOKUP_TIMEOUT, async {
-                let mut conn = self.source.databases.conn(server).await.ok()?;
-                let end = binlog::log_end(&mut conn).await.ok().flatten()?;
-                if end.file == at.file {
-                    return Some(end.position.saturating_sub(at.position));
-                }
-                let files = binlog::log_files(&mut conn).await.ok()?;
-                Some(bytes_between(&files, &at, &end))
-            })
-            .await;
-            let Ok(Some(bytes)) = measured else {
+            let source = &self.source;
+            lookups.push(async move {
+                // A server that does not answer must not hold up the run
+                // loop: every server is asked at once, for a few seconds.
+                let measured = tokio::time::timeout(LOOKUP_TIMEOUT, async {
+                    let mut conn = source.databases.conn(server).await.ok()?;
+                    let end = binlog::log_end(&mut conn).await.ok().flatten()?;
+                    if end.file == at.file {
+                        return Some(end.position.saturating_sub(at.position));
+                    }
+                    let files = binlog::log_files(&mut conn).await.ok()?;
+                    Some(bytes_between(&files, &at, &end))
+                })
+                .await;
+                (label, measured.ok().flatten())
+            });
+        }
+        for (label, bytes) in futures_util::future::join_all(lookups).await {
+            let Some(bytes) = bytes else {
                 continue;
             };
             // Caught up with the log's end: not behind, whatever the last
@@ -1172,6 +1196,14 @@ impl Watch<'_> {
                 .get_or_create(&label)
                 .set(bytes.min(i64::MAX as u64) as i64);
         }
+        let waiting = self.pending.len();
+        let status = format!(
+            "following {} servers; {} ids waiting; {} findings",
+            self.places.len(),
+            waiting,
+            self.summary.findings
+        );
+        self.manager.status(&status);
     }
 }
 
