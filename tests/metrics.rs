@@ -17,25 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use blobcheck::metrics::{self, RunMetrics};
 use blobcheck::report::{ColumnSummary, FindingCounts, Summary};
-use common::{run_cli, servers};
-
-/// A tool the tests need, from PATH or where Debian puts it.
-fn tool(names: &[&str], package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let directories = std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]);
-    for directory in directories {
-        for name in names {
-            let candidate = directory.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "{} not found: install the Debian package `{package}` (apt-get install {package}; .ci/run does)",
-        names.join(" or ")
-    );
-}
+use common::{run_cli, servers, tool};
 
 fn promtool() -> PathBuf {
     tool(&["promtool"], "prometheus")

@@ -12,20 +12,14 @@ use std::time::Duration;
 
 use churn_support::{Dataset, WriterOptions, Writers, blocking, writer_seed};
 use watch_support::{
-    FAULT_BASE, Faults, HIGH_FAULT_BASE, Pair, RunningWatch, bare, logged_pair, watch_options,
+    FAULT_BASE, Faults, HIGH_FAULT_BASE, Pair, RunningWatch, bare, free_port, loaded_pair,
+    wait_found, watch_command, watch_options,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_injected_fault_is_reported_exactly_under_churn() {
-    let (global, shard) = blocking(|| logged_pair("wchurn")).await;
     let data = Arc::new(Dataset::generate("wchurn", 21, 20_000, 40, 300, false));
-    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
-    let (global, shard) = blocking(move || {
-        global.run_sql(&global_sql).unwrap();
-        shard.run_sql(&shard_sql).unwrap();
-        (global, shard)
-    })
-    .await;
+    let (global, shard) = loaded_pair("wchurn", data.global_sql(), data.shard_sql()).await;
     let urls = Urls {
         write_global: global.root_url(),
         write_shard: shard.root_url(),
@@ -174,26 +168,9 @@ async fn churn_with_faults(urls: &Urls, data: &Arc<Dataset>, settle: Duration) {
     high.close().await;
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `blobcheck watch` as a process.
+/// `blobcheck watch` as a process, its stderr kept per port.
 fn spawn_watch(config: &std::path::Path, dir: &std::path::Path, port: u16) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_blobcheck"))
-        .args(["watch", "--config"])
-        .arg(config)
-        .args(["--format", "json", "--output"])
-        .arg(dir.join("found.jsonl"))
-        .arg("--state")
-        .arg(dir.join("state.json"))
-        .args(["--settle-delay", "0.5", "--confirmations", "1"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+    watch_command(config, dir, port)
         .stderr(std::fs::File::create(dir.join(format!("stderr-{port}.log"))).unwrap())
         .spawn()
         .expect("blobcheck watch starts")
@@ -227,38 +204,13 @@ async fn wait_healthy(port: u16, limit: Duration) -> bool {
     false
 }
 
-async fn wait_found(
-    dir: &std::path::Path,
-    expected: &[common::Exact],
-    limit: Duration,
-) -> Vec<common::Exact> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let found = common::read_findings(&dir.join("found.jsonl"));
-        let all = expected
-            .iter()
-            .all(|e| found.iter().any(|f| watch_support::same(f, e)));
-        if all || std::time::Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// kill -9 while faults wait to be judged, more faults while it is down:
 /// the restarted watch resumes from its state and reports every one, each
 /// once. /metrics and /healthz answer; SIGTERM saves the state and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_restarted_and_stopped_it_misses_nothing() {
-    let (global, shard) = blocking(|| logged_pair("wkill")).await;
     let data = Arc::new(Dataset::generate("wkill", 5, 2_000, 10, 150, false));
-    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
-    let (global, shard) = blocking(move || {
-        global.run_sql(&global_sql).unwrap();
-        shard.run_sql(&shard_sql).unwrap();
-        (global, shard)
-    })
-    .await;
+    let (global, shard) = loaded_pair("wkill", data.global_sql(), data.shard_sql()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("watch.toml");
     std::fs::write(
@@ -496,15 +448,8 @@ async fn each_missing_prerequisite_has_its_one_line_error() {
 /// (its ids folded into ranges and scanned): every fault still exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
-    let (global, shard) = blocking(|| logged_pair("wddl")).await;
     let data = Arc::new(Dataset::generate("wddl", 8, 2_000, 6, 120, false));
-    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
-    let (global, mut shard) = blocking(move || {
-        global.run_sql(&global_sql).unwrap();
-        shard.run_sql(&shard_sql).unwrap();
-        (global, shard)
-    })
-    .await;
+    let (global, mut shard) = loaded_pair("wddl", data.global_sql(), data.shard_sql()).await;
     let config = data.config(&global.root_url(), &shard.root_url());
     let watch = RunningWatch::start(&config, |stop| {
         let mut options = watch_options(Duration::from_millis(500), 1, stop);
@@ -644,15 +589,8 @@ async fn ddl_restarts_and_bulk_deletes_keep_it_exact() {
 /// what changed there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_position_is_reported_as_a_gap() {
-    let (global, shard) = blocking(|| logged_pair("wgap")).await;
     let data = Arc::new(Dataset::generate("wgap", 9, 500, 2, 120, false));
-    let (global_sql, shard_sql) = (data.global_sql(), data.shard_sql());
-    let (global, shard) = blocking(move || {
-        global.run_sql(&global_sql).unwrap();
-        shard.run_sql(&shard_sql).unwrap();
-        (global, shard)
-    })
-    .await;
+    let (global, shard) = loaded_pair("wgap", data.global_sql(), data.shard_sql()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("watch.toml");
     std::fs::write(

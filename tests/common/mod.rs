@@ -254,3 +254,25 @@ pub fn read_findings(path: &Path) -> Vec<Exact> {
     findings.sort();
     findings
 }
+
+/// A tool the tests need, from PATH or where Debian puts it; a missing one
+/// fails the test with the package to install (`.ci/run` installs them).
+pub fn tool(names: &[&str], package: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let directories = std::env::split_paths(&path).chain([
+        std::path::PathBuf::from("/usr/bin"),
+        std::path::PathBuf::from("/usr/sbin"),
+    ]);
+    for directory in directories {
+        for name in names {
+            let candidate = directory.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "{} not found: install `{package}` (.ci/run does)",
+        names.join(" or ")
+    );
+}

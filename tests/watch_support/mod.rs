@@ -40,6 +40,20 @@ pub fn logged_pair(name: &str) -> (Sandbox, Sandbox) {
     (global, shard.join().unwrap())
 }
 
+/// `logged_pair`, loaded with `global_sql` and `shard_sql`, off the
+/// runtime.
+pub async fn loaded_pair(name: &str, global_sql: String, shard_sql: String) -> (Sandbox, Sandbox) {
+    let name = name.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (global, shard) = logged_pair(&name);
+        global.run_sql(&global_sql).unwrap();
+        shard.run_sql(&shard_sql).unwrap();
+        (global, shard)
+    })
+    .await
+    .expect("starting and loading the servers")
+}
+
 /// Watch options for tests: settle delay and confirmations as given, the
 /// defaults otherwise.
 pub fn watch_options(settle: Duration, confirmations: u32, stop: StopRequest) -> WatchOptions {
@@ -406,5 +420,51 @@ impl Pair {
             waited[0][0], "0",
             "the replica did not reach GTID {position}"
         );
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `blobcheck watch` as a process, settling fast (0.5 s, one
+/// confirmation): findings in `dir/found.jsonl`, its state in
+/// `dir/state.json`, `/metrics` on `port`. The caller sets stderr.
+pub fn watch_command(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_blobcheck"));
+    command
+        .args(["watch", "--config"])
+        .arg(config)
+        .args(["--format", "json", "--output"])
+        .arg(dir.join("found.jsonl"))
+        .arg("--state")
+        .arg(dir.join("state.json"))
+        .args(["--settle-delay", "0.5", "--confirmations", "1"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// Waits until `dir/found.jsonl` holds every expected finding, or `limit`
+/// passed; returns what it holds.
+pub async fn wait_found(dir: &std::path::Path, expected: &[Exact], limit: Duration) -> Vec<Exact> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let found = crate::common::read_findings(&dir.join("found.jsonl"));
+        let all = expected.iter().all(|e| found.iter().any(|f| same(f, e)));
+        if all || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
