@@ -21,16 +21,16 @@ fn main() {
         .filter(|commit| !commit.is_empty())
         .or_else(|| {
             let head = git(&["rev-parse", "--short=12", "HEAD"])?;
-            // Rebuild when HEAD moves (a commit, a checkout).
-            for path in ["HEAD", "packed-refs"] {
-                if let Some(file) = git(&["rev-parse", "--git-path", path]) {
+            // Rebuild when HEAD moves (a commit, a checkout). Only files
+            // that exist: cargo takes a missing one as always changed.
+            let mut watched = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+            watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+            for path in watched {
+                if let Some(file) = git(&["rev-parse", "--git-path", &path])
+                    && std::path::Path::new(&file).exists()
+                {
                     println!("cargo:rerun-if-changed={file}");
                 }
-            }
-            if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"])
-                && let Some(file) = git(&["rev-parse", "--git-path", &reference])
-            {
-                println!("cargo:rerun-if-changed={file}");
             }
             Some(head)
         })

@@ -121,6 +121,17 @@ impl CheckArgs {
         })
     }
 
+    /// Where `--metrics-push` sends the run's metrics: the group of its
+    /// job and partition. `None` without the option.
+    fn push_target(&self) -> Result<Option<pushgateway::Target>> {
+        self.metrics_push
+            .as_deref()
+            .map(|url| {
+                pushgateway::Target::new(url, &self.metrics_job, &metric_labels(self.partition))
+            })
+            .transpose()
+    }
+
     /// The files the run reads or writes, by the option that names them.
     fn files<'a>(&'a self, config_path: Option<&'a Path>) -> Vec<(&'static str, &'a Path)> {
         [
@@ -146,22 +157,30 @@ pub async fn check(
     quiet: bool,
     stop: StopRequest,
 ) -> Result<u64> {
-    let mut options = args.check_options(config, quiet, stop.clone())?;
-    crate::paths::refuse_collisions(&args.files(config_path))?;
-    let labels = metric_labels(args.partition);
-    let push = args
-        .metrics_push
-        .as_deref()
-        .map(|url| pushgateway::Target::new(url, &args.metrics_job, &labels))
-        .transpose()?;
+    let push = args.push_target()?;
     let started_at = std::time::SystemTime::now();
+    let prepared = (|| {
+        let options = args.check_options(config, quiet, stop.clone())?;
+        crate::paths::refuse_collisions(&args.files(config_path))?;
+        let out = open_output(args.output.as_deref(), Lines::Blocks)?;
+        Ok((options, out))
+    })();
+    let (mut options, out) = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // A scheduled check that cannot start is a failed run too.
+            if let Some(target) = push {
+                push_unstarted(target, started_at).await;
+            }
+            return Err(e);
+        }
+    };
     let live = std::sync::Arc::new(LiveProgress::default());
     let progress_pushes = push.clone().map(|target| {
         options.live_progress = Some(std::sync::Arc::clone(&live));
         ProgressPushes::start(target, started_at, std::sync::Arc::clone(&live))
     });
 
-    let out = open_output(args.output.as_deref(), Lines::Blocks)?;
     // The check labels the columns once it knows them all: discovery adds
     // the shards' at its start.
     let reporter = Reporter::new(args.format, out, Vec::new());
@@ -171,9 +190,15 @@ pub async fn check(
     // the last complete run.
     let complete = result.as_ref().ok().filter(|s| s.interrupted.is_none());
     let finished_at = std::time::SystemTime::now();
-    let mut delivered = Vec::new();
     if let Some(path) = &args.metrics_file {
-        delivered.push(write_metrics(path, &labels, complete, finished_at));
+        let written = write_metrics(path, &metric_labels(args.partition), complete, finished_at);
+        if let Err(e) = written {
+            // The check's own outcome matters more than the metrics'.
+            if complete.is_some() {
+                return Err(e);
+            }
+            tracing::error!("{e}");
+        }
     }
     if let Some(target) = push {
         // The last progress push lands before the run's own, never after.
@@ -190,14 +215,10 @@ pub async fn check(
             },
             rows: live.rows(),
         };
-        delivered.push(push_metrics(target, complete, finished_at, progress).await);
-    }
-    for outcome in delivered {
-        if let Err(e) = outcome {
-            // The check's own outcome matters more than the metrics'.
-            if complete.is_some() {
-                return Err(e);
-            }
+        // A Pushgateway that is down does not undo a check: its findings
+        // are written and its exit status stands; the metrics it could not
+        // deliver show as staleness (no new success), which the alerts see.
+        if let Err(e) = push_metrics(target, complete, finished_at, progress).await {
             tracing::error!("{e}");
         }
     }
@@ -205,6 +226,31 @@ pub async fn check(
     match summary.interrupted {
         Some(signal) => Err(Error::Interrupted { signal }),
         None => Ok(summary.findings.total),
+    }
+}
+
+/// A check that could not start (its configuration, its options, its
+/// output): with `--metrics-push`, the Pushgateway hears of the failure,
+/// as of any failed run. Called by `main.rs` when the configuration does
+/// not load, and by [`check`] for what fails before the run.
+pub async fn report_unstarted_check(args: &CheckArgs) {
+    if let Ok(Some(target)) = args.push_target() {
+        push_unstarted(target, std::time::SystemTime::now()).await;
+    }
+}
+
+/// The failure of a run that never started, pushed; a push that fails is
+/// logged, the run's own error is the one reported.
+async fn push_unstarted(target: pushgateway::Target, started_at: std::time::SystemTime) {
+    let progress = RunProgress {
+        running: false,
+        started_at,
+        fraction: 0.0,
+        rows: 0,
+    };
+    let finished_at = std::time::SystemTime::now();
+    if let Err(e) = push_metrics(target, None, finished_at, progress).await {
+        tracing::error!("{e}");
     }
 }
 

@@ -214,7 +214,13 @@ fn run(command: Command, quiet: bool) -> Result<u64, Error> {
         .map_err(|e| Error::Usage(format!("cannot start the runtime: {e}")))?;
     match command {
         Command::Check { config: path, args } => {
-            let config = Config::load(&path)?;
+            let config = match Config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    runtime.block_on(command::report_unstarted_check(&args));
+                    return Err(e);
+                }
+            };
             let stop = stop_on_signals(&runtime)?;
             runtime.block_on(command::check(&config, Some(&path), &args, quiet, stop))
         }

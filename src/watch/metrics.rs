@@ -49,6 +49,10 @@ pub struct WatchMetrics {
     pub transient: Counter,
     pub unsettled: Counter,
     pub ranges_scanned: Counter,
+    /// When this process started (Unix seconds): the alerts tell a
+    /// counter that starts above 0 in a new process from a gap in their
+    /// data.
+    pub started: Gauge<f64, AtomicU64>,
     /// How far behind a stream may be before `/healthz` fails.
     max_behind: Duration,
     servers: Mutex<Vec<String>>,
@@ -76,6 +80,13 @@ impl WatchMetrics {
         let transient = Counter::default();
         let unsettled = Counter::default();
         let ranges_scanned = Counter::default();
+        let started = Gauge::<f64, AtomicU64>::default();
+        started.set(unix_seconds(SystemTime::now()));
+        registry.register(
+            "blobcheck_watch_started_timestamp_seconds",
+            "When the watch process started (Unix seconds)",
+            started.clone(),
+        );
         registry.register(
             "blobcheck_watch_findings",
             "Inconsistencies confirmed and reported, by kind and severity",
@@ -174,6 +185,7 @@ impl WatchMetrics {
             transient,
             unsettled,
             ranges_scanned,
+            started,
             max_behind,
             servers: Mutex::new(servers.to_vec()),
         };

@@ -672,6 +672,12 @@ impl Watch<'_> {
 
     /// Saves the state if findings were reported since the last save and
     /// the last save is a second old.
+    /// The run loop made progress at `now`: for the watchdog and `/livez`.
+    fn turned(&mut self, now: Instant) {
+        self.manager.turned(now);
+        self.liveness.turned(now);
+    }
+
     fn save_reports(&mut self) -> Result<()> {
         if self.reports_unsaved && self.saved_at.elapsed() >= REPORT_SAVE_INTERVAL {
             self.save_state()?;
@@ -799,9 +805,7 @@ impl Watch<'_> {
                 &mut scans,
                 &batch_tx,
             );
-            let now = Instant::now();
-            self.manager.turned(now);
-            self.liveness.turned(now);
+            self.turned(Instant::now());
             self.metrics.waiting_ids.set(self.pending.len() as i64);
             self.metrics
                 .waiting_ranges
@@ -1088,6 +1092,13 @@ impl Watch<'_> {
             let touch = touches.get(&finding.blob_id).cloned().flatten();
             self.report(&finding, touch.as_ref()).await?;
             reported_any = true;
+            // A batch of thousands, each with its look-ups, is work going
+            // on: the watchdog and /livez hear of it, and the state keeps
+            // up (at most once a second) so that a restart in the middle
+            // does not report them again.
+            self.reports_unsaved = true;
+            self.save_reports()?;
+            self.turned(Instant::now());
         }
         // Soon (within a second, not after every wave: a million findings
         // would write the state a million times): a restart must not
