@@ -426,7 +426,7 @@ const PROGRESS_PUSH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The progress a running check pushes, at its start and every
 /// [`PROGRESS_PUSH_INTERVAL`]: one try each (the next one comes soon), a
-/// warning when a push fails after one succeeded.
+/// warning at the first failure of a run of them.
 struct ProgressPushes {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
