@@ -43,7 +43,7 @@ usage: cargo bench --bench scale -- [options] [-- <extra blobcheck args>]
                           defaults \"--jobs 1 --chunk-size 10000\", \"--jobs 2 --chunk-size 10000\",
                           \"--jobs 4 --chunk-size 10000\", \"--jobs 4 --chunk-size 1000\")
                           A setting \"partitions=N ARGS\" runs N processes at once with
-                          --partition K/N (as deploy/blobcheck-job.yaml does) and checks
+                          --partition K/N (as deploy/kubernetes/check-cronjob.yaml does) and checks
                           their outputs, concatenated in K order, against the ground truth;
                           leading NAME=VALUE tokens set environment variables, e.g.
                           \"BLOBCHECK_PROTOCOL=binary --jobs 4\".

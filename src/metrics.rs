@@ -2,7 +2,8 @@
 //! node_exporter's textfile collector (`--collector.textfile.directory`):
 //! findings by kind and severity, candidates that were changes in flight,
 //! what was scanned, how long it took, and when the check last ran and last
-//! succeeded. `deploy/alerts.yml` holds example alerting rules on them.
+//! succeeded. `deploy/prometheus/alerts.yml` holds the alerting rules on them;
+//! `crate::pushgateway` sends the same text to a Pushgateway.
 //!
 //! The exposition is the official `prometheus-client` crate's: [`registry`]
 //! builds a [`Registry`] whose constant labels (for example
