@@ -240,20 +240,27 @@ pub async fn run(
     let mut places = Vec::new();
     let mut primaries = Vec::new();
     let mut streams = JoinSet::new();
-    for (k, &server) in followed.iter().enumerate() {
-        // One replication id per stream: two configured servers may be one
-        // instance, and a server drops a replica that registers with the id
-        // of another one connected.
-        let replication_id = options.replication_server_id.wrapping_add(k as u32).max(1);
-        let (place, version, is_replica) = start_place(
+    // One replication id per stream: two configured servers may be one
+    // instance, and a server drops a replica that registers with the id of
+    // another one connected.
+    let replication_id = |k: usize| options.replication_server_id.wrapping_add(k as u32).max(1);
+    // Every server at once: one that is down is waited for (retry_for)
+    // while the others get ready, not before them. The first error in the
+    // configuration's order is the one reported.
+    let starts = futures_util::future::join_all(followed.iter().enumerate().map(|(k, &server)| {
+        start_place(
             &source,
             server,
-            replication_id,
+            replication_id(k),
             options,
             state.as_ref(),
             &metrics,
         )
-        .await?;
+    }))
+    .await;
+    for ((k, &server), started) in followed.iter().enumerate().zip(starts) {
+        let replication_id = replication_id(k);
+        let (place, version, is_replica) = started?;
         tracing::info!(
             "server `{}`: following its binary log from {}",
             config.servers[server].name,
