@@ -17,32 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use churn_support::{Dataset, blocking};
-use watch_support::{FAULT_BASE, Faults, free_port, loaded_pair, wait_found, watch_command};
-
-/// One GET: (status, body); `None` when nothing answers.
-fn get(url: &str) -> Option<(u16, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent.get(url).call().ok()?;
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_string().ok()?;
-    Some((status, body))
-}
-
-/// Polls `url` until it answers 200, for `limit`.
-fn wait_ok(url: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some((200, _)) = get(url) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
+use watch_support::{
+    FAULT_BASE, Faults, free_port, get, loaded_pair, wait_found, wait_ok, watch_command,
+};
 
 /// A process the test started; killed when dropped, its stderr kept in a
 /// file for the failure messages.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use churn_support::{Dataset, WriterOptions, Writers, blocking, writer_seed};
 use watch_support::{
-    FAULT_BASE, Faults, HIGH_FAULT_BASE, Pair, RunningWatch, bare, free_port, loaded_pair,
-    wait_found, watch_command, watch_options,
+    FAULT_BASE, Faults, HIGH_FAULT_BASE, Pair, RunningWatch, bare, free_port, get, loaded_pair,
+    wait_found, wait_ok, watch_command, watch_options,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,32 +176,9 @@ fn spawn_watch(config: &std::path::Path, dir: &std::path::Path, port: u16) -> st
         .expect("blobcheck watch starts")
 }
 
-/// One HTTP GET on 127.0.0.1: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
 /// Waits until `/healthz` answers 200 (every stream is up).
 async fn wait_healthy(port: u16, limit: Duration) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if let Some((200, _)) = blocking(move || get(port, "/healthz")).await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
+    blocking(move || wait_ok(&format!("http://127.0.0.1:{port}/healthz"), limit)).await
 }
 
 /// kill -9 while faults wait to be judged, more faults while it is down:
@@ -262,7 +239,7 @@ async fn killed_restarted_and_stopped_it_misses_nothing() {
     );
     let found = wait_found(dir.path(), &faults.expected, Duration::from_secs(30)).await;
 
-    let (status, metrics) = blocking(move || get(port, "/metrics"))
+    let (status, metrics) = blocking(move || get(&format!("http://127.0.0.1:{port}/metrics")))
         .await
         .expect("/metrics answers");
     assert_eq!(status, 200);
@@ -639,7 +616,9 @@ async fn a_purged_position_is_reported_as_a_gap() {
     let mut watch = spawn_watch(&config, dir.path(), port);
     assert!(wait_healthy(port, Duration::from_secs(20)).await);
     let found = wait_found(dir.path(), &faults.expected, Duration::from_secs(20)).await;
-    let (_, metrics) = blocking(move || get(port, "/metrics")).await.unwrap();
+    let (_, metrics) = blocking(move || get(&format!("http://127.0.0.1:{port}/metrics")))
+        .await
+        .unwrap();
     // References removed with no row events: a gap too.
     let truncate = format!("TRUNCATE TABLE `{}`.Attachment", data.shard_db);
     let shard = blocking(move || {
@@ -649,7 +628,10 @@ async fn a_purged_position_is_reported_as_a_gap() {
     .await;
     let mut after_truncate = String::new();
     for _ in 0..50 {
-        after_truncate = blocking(move || get(port, "/metrics")).await.unwrap().1;
+        after_truncate = blocking(move || get(&format!("http://127.0.0.1:{port}/metrics")))
+            .await
+            .unwrap()
+            .1;
         if after_truncate.contains("blobcheck_watch_log_gaps_total{server=\"shard\"} 2") {
             break;
         }

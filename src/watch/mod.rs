@@ -803,7 +803,10 @@ impl Watch<'_> {
                 }
                 Wake::Tick => self.save_reports()?,
                 Wake::Save => self.save_state()?,
-                Wake::Behind => self.measure_behind().await,
+                Wake::Behind => {
+                    self.measure_behind().await;
+                    self.report_status();
+                }
             }
             self.start_due(
                 &mut judges,
@@ -1214,14 +1217,17 @@ impl Watch<'_> {
                 .get_or_create(&label)
                 .set(bytes.min(i64::MAX as u64) as i64);
         }
-        let waiting = self.pending.len();
-        let status = format!(
+    }
+
+    /// What `systemctl status` shows: servers followed, ids waiting,
+    /// findings.
+    fn report_status(&self) {
+        self.manager.status(&format!(
             "following {} servers; {} ids waiting; {} findings",
             self.places.len(),
-            waiting,
+            self.pending.len(),
             self.summary.findings
-        );
-        self.manager.status(&status);
+        ));
     }
 }
 

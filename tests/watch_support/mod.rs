@@ -468,3 +468,28 @@ pub async fn wait_found(dir: &std::path::Path, expected: &[Exact], limit: Durati
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// One HTTP GET: (status, body); `None` when nothing answers.
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
+/// Polls `url` until it answers 200, for `limit`. Blocking.
+pub fn wait_ok(url: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some((200, _)) = get(url) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
