@@ -7,6 +7,7 @@ mod common;
 use blobcheck::config::Config;
 use blobcheck::db::{self, Databases};
 use blobcheck::plan::IdRange;
+use blobcheck::sketch::Weights;
 use mysql_async::Row;
 use mysql_async::prelude::Queryable;
 
@@ -117,7 +118,7 @@ async fn every_scan_query_is_an_index_range_scan() {
         IdRange::new(7, 7),
     ];
     for range in sketch_ranges {
-        let blob_sql = db::blob_sketch_sql(&schema.blobs, range);
+        let blob_sql = db::blob_sketch_sql(&schema.blobs, &Weights::from_seed(1), range);
         if range.start == range.end {
             // `BETWEEN 7 AND 7` on the primary key is a point lookup: the
             // optimizer reads the one row (or finds none) while planning.
@@ -133,14 +134,14 @@ async fn every_scan_query_is_an_index_range_scan() {
                 plans[0].extra
             );
             for reference in &schema.references {
-                let sql = db::reference_sketch_sql(reference, range);
+                let sql = db::reference_sketch_sql(reference, &Weights::from_seed(1), range);
                 let plans = explain(&databases, reference.server, &sql).await;
                 assert_index_scan(&plans, &sql, reference.column.as_str(), &["range", "ref"]);
             }
             continue;
         }
         assert_range_scans(&databases, &schema, &blob_sql, |reference| {
-            db::reference_sketch_sql(reference, range)
+            db::reference_sketch_sql(reference, &Weights::from_seed(1), range)
         })
         .await;
     }

@@ -394,20 +394,19 @@ async fn sketch_with_counts_too_large_to_sum() {
 /// both protocols: a chunk whose largest sum is just below
 /// `sketch::EXACT_LIMIT` returns exactly the sums of the rows loaded, and a
 /// chunk with a sum just above it is not trusted (`None`), for the blob
-/// table and for a reference column alike. A whole check of the same rows
+/// table (`Σ count·t`, with a count far above p in the random sum) and for
+/// a reference column (its random sum `Σ L·H`, from 58,000 rows or so of
+/// the id with the largest weight) alike. A whole check of the same rows
 /// still finds exactly the brute-force answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sketch_sums_are_exact_up_to_the_limit() {
     use blobcheck::db::{Databases, DbSource, Protocol, inspect};
     use blobcheck::read::ScanReads;
-    use blobcheck::sketch::{EXACT_LIMIT, MAX_SPAN, Moments};
+    use blobcheck::sketch::{EXACT_LIMIT, MAX_SPAN, Moments, Weights};
+    use std::sync::Arc;
 
-    // Trusted: 909 · (2²⁰ − 1)² = 999,454,163,338,125 (plus small terms) in
-    // the blob sums and in Body's: 909 messages have their Body at the
-    // chunk's last id and their Header near its start.
+    let weights = Weights::from_seed(5);
     let trusted = IdRange::new(u64::MAX - (MAX_SPAN - 1), u64::MAX);
-    // Untrusted: 910 · (2²⁰ − 1)² > 10¹⁵, in the blob sums and in Body's,
-    // while the other columns' stay small.
     let untrusted = IdRange::new(1 << 63, (1 << 63) + MAX_SPAN - 1);
     let mut data = Dataset {
         name: "gen_sum_limit".into(),
@@ -416,7 +415,8 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
         messages: Vec::new(),
         attachments: Vec::new(),
     };
-    for (range, hot) in [(trusted, 909), (untrusted, 910)] {
+    let limit = EXACT_LIMIT as u64;
+    for (range, over) in [(trusted, 0), (untrusted, 1)] {
         for k in 0..50u64 {
             let id = range.start + k * 3;
             data.blobs.insert(id, k % 7 + 1);
@@ -428,12 +428,26 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
                 }
             }
         }
-        data.blobs.insert(range.end, hot);
-        data.blobs.insert(range.start + 1, hot);
-        data.messages.extend(std::iter::repeat_n(
-            (range.end, range.start + 1),
-            hot as usize,
-        ));
+        // A reference column's random sum: the Body of that many messages
+        // at the id of the range's largest weight, its Header at the
+        // range's second id.
+        let hot = (range.start + 200..range.end)
+            .max_by_key(|&id| weights.of(id))
+            .unwrap();
+        let rows = (limit - 1) / weights.of(hot) + over;
+        data.blobs.insert(hot, rows);
+        data.blobs.insert(range.start + 1, rows);
+        // The blob sums: a count at the range's last id whose `count·t`
+        // lands just below the limit (with what the other ids add), or
+        // just above it.
+        let t = MAX_SPAN - 1;
+        let small: u64 = (0..50u64).map(|k| (k % 7 + 1) * k * 3).sum::<u64>()
+            + rows * (hot - range.start)
+            + rows;
+        let count = (limit - 1 - small) / t + over;
+        data.blobs.insert(range.end, count);
+        data.messages
+            .extend(std::iter::repeat_n((hot, range.start + 1), rows as usize));
     }
     // One fault in each range, so the check has something to find.
     *data.blobs.get_mut(&(trusted.start + 3)).unwrap() += 1;
@@ -442,12 +456,13 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
     let config = data.config();
     let references = data.references();
 
-    let largest = |m: &Moments| m.sums.iter().copied().max().unwrap();
+    let largest = |m: &Moments| m.sums.iter().copied().chain([m.random]).max().unwrap();
     for protocol in [Protocol::Binary, Protocol::Text] {
         let databases = Databases::connect(&config, 4).await.unwrap();
         let schema = inspect(&config, &databases).await.unwrap();
         let source = DbSource {
             protocol,
+            weights: Arc::new(weights.clone()),
             ..DbSource::new(databases, schema)
         };
         let blobs_in = |range: IdRange| {
@@ -462,25 +477,30 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
                 .filter(|&(_, n)| n > 0)
         };
 
-        let expected = Moments::of_blobs(trusted.start, blobs_in(trusted)).unwrap();
+        let expected = Moments::of_blobs(trusted.start, &weights, blobs_in(trusted)).unwrap();
         assert!(largest(&expected) > EXACT_LIMIT * 99 / 100);
         let got = source.blob_sketch(trusted).await.unwrap();
         assert_eq!(got, Some(expected), "{protocol:?}");
         for (column, label) in LABELS.iter().enumerate() {
             let expected =
-                Moments::of_references(trusted.start, column_in(trusted, column)).unwrap();
+                Moments::of_references(trusted.start, &weights, column_in(trusted, column))
+                    .unwrap();
+            if *label == "body" {
+                assert!(expected.random > EXACT_LIMIT * 99 / 100);
+            }
             let got = source.reference_sketch(column, trusted).await.unwrap();
             assert_eq!(got, Some(expected), "{protocol:?} {label}");
         }
 
         assert_eq!(
-            Moments::of_blobs(untrusted.start, blobs_in(untrusted)),
+            Moments::of_blobs(untrusted.start, &weights, blobs_in(untrusted)),
             None
         );
         let got = source.blob_sketch(untrusted).await.unwrap();
         assert_eq!(got, None, "{protocol:?}");
         for (column, label) in LABELS.iter().enumerate() {
-            let expected = Moments::of_references(untrusted.start, column_in(untrusted, column));
+            let expected =
+                Moments::of_references(untrusted.start, &weights, column_in(untrusted, column));
             assert_eq!(expected.is_none(), *label == "body");
             let got = source.reference_sketch(column, untrusted).await.unwrap();
             assert_eq!(got, expected, "{protocol:?} {label}");
@@ -488,8 +508,10 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
         source.databases.disconnect().await;
     }
 
+    // The two faults, and the large counts at the ranges' last ids, which
+    // nothing references.
     let expected = data.expected();
-    assert_eq!(expected.len(), 2);
+    assert_eq!(expected.len(), 4);
     for target_rows in [16, 4096] {
         let (findings, _) = common::check_sketch(&config, target_rows, 500, 2).await;
         assert_eq!(findings, expected, "sketch rows {target_rows}");

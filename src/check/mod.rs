@@ -737,8 +737,11 @@ mod tests {
     /// differences +1, −3, +3, −1 in one sketched piece cancel in all three
     /// sums. The sketch misses them (its known blind spot) but reports
     /// nothing false; the exact method finds them all.
+    /// A pattern that cancelled the three exact moments the sketch used to
+    /// rely on (found by the property tests, and missed in every run then)
+    /// is found with random weights, as by the exact method.
     #[test]
-    fn a_cancelling_pattern_is_missed_by_the_sketch_but_never_misreported() {
+    fn a_pattern_the_old_moments_missed_is_found() {
         let blobs: BTreeMap<u64, u64> = [(68, 0), (69, 0), (70, 0), (71, 0), (84, 1), (94, 3)]
             .into_iter()
             .collect();
@@ -767,11 +770,7 @@ mod tests {
         options.confirm = confirm;
         let (_, mut found) = check(MemorySource::new(blobs.clone(), columns.clone()), &options);
         found.sort_unstable();
-        assert!(found.iter().all(|f| expected.contains(f)), "{found:?}");
-        assert!(
-            found.len() < expected.len(),
-            "the blind spot is still there: {found:?}"
-        );
+        assert_eq!(found, expected);
         let mut options = CheckOptions::new(ScanOptions::fixed(17, 1));
         options.confirm = confirm;
         let (_, mut found) = check(MemorySource::new(blobs, columns), &options);

@@ -23,7 +23,7 @@ use crate::error::{Error, Result, one_line};
 use crate::finding::{AffectedRow, Finding};
 use crate::plan::IdRange;
 use crate::read::{PointReads, ReferenceColumns, RunReads, ScanReads};
-use crate::sketch::{self, Moments};
+use crate::sketch::{self, Moments, Weights};
 use crate::throttle::Throttle;
 
 /// How long one batch query may take before it counts as lost (and is
@@ -78,6 +78,9 @@ pub struct DbSource {
     pub retry_for: Duration,
     pub throttle: Arc<Throttle>,
     pub protocol: Protocol,
+    /// The random weights of this run's sketches (`sketch::Weights`), drawn
+    /// when the source is made.
+    pub weights: Arc<Weights>,
 }
 
 /// Errors worth another try: the connection or the server went away, or
@@ -179,6 +182,7 @@ impl DbSource {
             retry_for: Duration::from_secs(300),
             throttle: Throttle::unlimited(),
             protocol: Protocol::Binary,
+            weights: Arc::new(Weights::random()),
         }
     }
 
@@ -405,14 +409,15 @@ impl DbSource {
         }
         // The blob table's query sums `Σ count` too; a reference column's
         // `Σ 1` is its count.
-        let sums = match summed[..] {
-            [w, wt, wtt] => [w, wt, wtt],
-            [t, tt] => [u128::from(rows_read), t, tt],
+        let (sums, random) = match summed[..] {
+            [w, wt, random] => ([w, wt], random),
+            [t, random] => ([u128::from(rows_read), t], random),
             _ => return Err(bad("a sketch query returned the wrong number of columns")),
         };
         Ok(Some(Moments {
             rows: rows_read,
             sums,
+            random,
         }))
     }
 
@@ -480,6 +485,10 @@ impl ReferenceColumns for DbSource {
 }
 
 impl ScanReads for DbSource {
+    fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
         let blobs = &self.schema.blobs;
         let what = blobs.table.to_string();
@@ -511,8 +520,8 @@ impl ScanReads for DbSource {
         let blobs = &self.schema.blobs;
         let what = blobs.table.to_string();
         let query = self.scan_query(
-            || blob_sketch_sql(blobs, range),
-            || blob_sketch_statement(blobs),
+            || blob_sketch_sql(blobs, &self.weights, range),
+            || blob_sketch_statement(blobs, &self.weights),
             || sketch_params(range),
         );
         self.moments(blobs.server, query, &what).await
@@ -521,8 +530,8 @@ impl ScanReads for DbSource {
     async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Option<Moments>> {
         let reference = &self.schema.references[column];
         let query = self.scan_query(
-            || reference_sketch_sql(reference, range),
-            || reference_sketch_statement(reference),
+            || reference_sketch_sql(reference, &self.weights, range),
+            || reference_sketch_statement(reference, &self.weights),
             || sketch_params(range),
         );
         self.moments(reference.server, query, &reference.label)

@@ -6,6 +6,7 @@
 use super::schema::{BlobScan, ReferenceScan, ServerIdent};
 use crate::config::{Ident, TableName};
 use crate::plan::IdRange;
+use crate::sketch::{self, Weights};
 
 /// The online DDL that gives `column` the index the scan needs.
 pub fn add_index_sql(table: &TableName, column: &Ident) -> String {
@@ -138,52 +139,75 @@ fn reference_batch_with(reference: &ReferenceScan, start: &str, end: &str, limit
     )
 }
 
-/// The blob table's moments over a chunk (see `sketch`): `COUNT(*)`,
-/// `Σ count`, `Σ count·t`, `Σ count·t²` with `t = id − start`, one row,
-/// summed in DOUBLE (exact below `sketch::EXACT_LIMIT`, see `sketch`).
-pub fn blob_sketch_sql(blobs: &BlobScan, range: IdRange) -> String {
+/// The blob table's sums over a chunk (see `sketch`): `COUNT(*)`,
+/// `Σ count`, `Σ count·t` with `t = id − start`, and the random sum
+/// `Σ (count·L mod p)·H`; one row, summed in DOUBLE (exact below
+/// `sketch::EXACT_LIMIT`, see `sketch`).
+pub fn blob_sketch_sql(blobs: &BlobScan, weights: &Weights, range: IdRange) -> String {
     sketch_sql(
         &blobs.table,
         &blobs.index,
         &blobs.id,
         Some((&blobs.count, blobs.count_nullable)),
+        weights,
         Some(range),
     )
 }
 
 /// `blob_sketch_sql` as a prepared statement, bound with `sketch_params`.
-pub fn blob_sketch_statement(blobs: &BlobScan) -> String {
+pub fn blob_sketch_statement(blobs: &BlobScan, weights: &Weights) -> String {
     sketch_sql(
         &blobs.table,
         &blobs.index,
         &blobs.id,
         Some((&blobs.count, blobs.count_nullable)),
+        weights,
         None,
     )
 }
 
-/// A reference column's moments over a chunk: `COUNT(*)` (which is also
-/// `Σ 1`), `Σ t`, `Σ t²`, one row, from an index-only range scan.
-pub fn reference_sketch_sql(reference: &ReferenceScan, range: IdRange) -> String {
+/// A reference column's sums over a chunk: `COUNT(*)` (which is also
+/// `Σ 1`), `Σ t` and the random sum `Σ L·H`, one row, from an index-only
+/// range scan.
+pub fn reference_sketch_sql(
+    reference: &ReferenceScan,
+    weights: &Weights,
+    range: IdRange,
+) -> String {
     sketch_sql(
         &reference.table,
         &reference.index,
         &reference.column,
         None,
+        weights,
         Some(range),
     )
 }
 
 /// `reference_sketch_sql` as a prepared statement, bound with
 /// `sketch_params`.
-pub fn reference_sketch_statement(reference: &ReferenceScan) -> String {
+pub fn reference_sketch_statement(reference: &ReferenceScan, weights: &Weights) -> String {
     sketch_sql(
         &reference.table,
         &reference.index,
         &reference.column,
         None,
+        weights,
         None,
     )
+}
+
+/// A weight table looked up by one digit of `key`: `ELT(digit + 1, w₀, …)`,
+/// which MariaDB and MySQL evaluate in constant time (the argument at that
+/// position), as a DOUBLE in arithmetic.
+fn weight_lookup(key: &str, shift: u32, table: &[u64]) -> String {
+    let digit = if shift == 0 {
+        format!("({key} & {mask})", mask = sketch::TABLE - 1)
+    } else {
+        format!("(({key} >> {shift}) & {mask})", mask = sketch::TABLE - 1)
+    };
+    let entries: Vec<String> = table.iter().map(u64::to_string).collect();
+    format!("ELT({digit} + 1, {})", entries.join(","))
 }
 
 /// The sums of one table over `key BETWEEN start AND end`, each row weighed
@@ -193,13 +217,15 @@ pub fn reference_sketch_statement(reference: &ReferenceScan) -> String {
 /// Measured on MariaDB 10.11 (`BENCHMARKS.md`), each form here is the
 /// cheaper of two: DOUBLE sums (`* 1e0`) against DECIMAL sums of integers,
 /// `BETWEEN` against `>= AND <=` (one condition to evaluate per row, not
-/// three), and for a reference column `COUNT(*)` once against a second
-/// count as `Σ 1`.
+/// three), for a reference column `COUNT(*)` once against a second count
+/// as `Σ 1`, and its random sum without a `MOD` per row (each product is
+/// below p², and `sketch::row_bound` rows of them stay exact).
 fn sketch_sql(
     table: &TableName,
     index: &ServerIdent,
     key: &Ident,
     weight: Option<(&Ident, bool)>,
+    weights: &Weights,
     range: Option<IdRange>,
 ) -> String {
     let (start, end) = match range {
@@ -208,6 +234,8 @@ fn sketch_sql(
     };
     let key = key.quoted();
     let t = format!("({key} - {start})");
+    let low = weight_lookup(&key, 0, weights.low());
+    let high = weight_lookup(&key, sketch::DIGIT_BITS, weights.high());
     let sums = match weight {
         Some((weight, nullable)) => {
             // SUM skips NULL, which would pass a NULL count as consistent;
@@ -219,9 +247,12 @@ fn sketch_sql(
             } else {
                 format!("{} * 1e0", weight.quoted())
             };
-            format!("SUM({w}), SUM({w} * {t}), SUM({w} * {t} * {t})")
+            format!(
+                "SUM({w}), SUM({w} * {t}), SUM(MOD({w} * {low}, {prime}) * {high})",
+                prime = sketch::PRIME
+            )
         }
-        None => format!("SUM({t} * 1e0), SUM({t} * 1e0 * {t})"),
+        None => format!("SUM({t} * 1e0), SUM({low} * {high})"),
     };
     format!(
         "SELECT COUNT(*), {sums} \
@@ -271,15 +302,9 @@ pub(super) fn sketch_cut_with(
 }
 
 /// The parameters of a sketch statement, in placeholder order: the start
-/// for each of the three `t` and the lower bound, then the end.
+/// for `t` and the lower bound, then the end.
 pub(super) fn sketch_params(range: IdRange) -> Vec<u64> {
-    vec![
-        range.start,
-        range.start,
-        range.start,
-        range.start,
-        range.end,
-    ]
+    vec![range.start, range.start, range.end]
 }
 
 /// `column IN (…)` for `ids`. Literals above 2⁶³−1 are DECIMAL to the

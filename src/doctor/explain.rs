@@ -12,6 +12,7 @@ use crate::db::{self, BlobScan, ReferenceScan};
 use crate::discovery;
 use crate::error::{Result, one_line};
 use crate::plan::IdRange;
+use crate::sketch::Weights;
 
 /// Access types of an index lookup or range scan.
 const INDEX_ACCESS: [&str; 5] = ["range", "ref", "ref_or_null", "eq_ref", "const"];
@@ -103,7 +104,7 @@ impl Doctor<'_> {
             ),
             (
                 "sketch",
-                db::blob_sketch_sql(blobs, IdRange::new(0, 4095)),
+                db::blob_sketch_sql(blobs, &Weights::from_seed(0), IdRange::new(0, 4095)),
                 Expect::Index(key),
             ),
             (
@@ -137,7 +138,7 @@ impl Doctor<'_> {
             ("points", db::reference_points_sql(scan, &SAMPLE_IDS)),
             (
                 "sketch",
-                db::reference_sketch_sql(scan, IdRange::new(0, 4095)),
+                db::reference_sketch_sql(scan, &Weights::from_seed(0), IdRange::new(0, 4095)),
             ),
         ];
         if let Some(sql) = db::affected_rows_sql(scan, 1, settings.affected_rows.max(1)) {

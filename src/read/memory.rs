@@ -10,10 +10,9 @@ use super::{PointReads, ReferenceColumns, RunReads, ScanReads};
 use crate::error::Result;
 use crate::finding::{AffectedRow, Finding};
 use crate::plan::IdRange;
-use crate::sketch::{self, Moments};
+use crate::sketch::{self, Moments, Weights};
 
 /// Blob rows and reference columns, with counters of what was read.
-#[derive(Default)]
 pub(crate) struct MemorySource {
     pub blobs: BTreeMap<u64, u64>,
     /// Each column's `id → number of referencing rows`.
@@ -23,6 +22,8 @@ pub(crate) struct MemorySource {
     pub blob_batches: AtomicU64,
     /// The ranges of the blob sketches read: chunks and halves.
     pub blob_sketches: Mutex<Vec<IdRange>>,
+    /// The sketches' random weights (seed 0 unless a test sets others).
+    pub weights: Weights,
 }
 
 impl MemorySource {
@@ -30,7 +31,10 @@ impl MemorySource {
         MemorySource {
             blobs,
             columns,
-            ..MemorySource::default()
+            largest_batch: AtomicU64::new(0),
+            blob_batches: AtomicU64::new(0),
+            blob_sketches: Mutex::new(Vec::new()),
+            weights: Weights::from_seed(0),
         }
     }
 }
@@ -57,6 +61,10 @@ impl ReferenceColumns for MemorySource {
 }
 
 impl ScanReads for MemorySource {
+    fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
         self.blob_batches.fetch_add(1, Ordering::Relaxed);
         Ok(batch(&self.blobs, range, limit))
@@ -82,7 +90,7 @@ impl ScanReads for MemorySource {
             .blobs
             .range(range.start..=range.end)
             .map(|(&k, &v)| (k, v));
-        Ok(Moments::of_blobs(range.start, rows))
+        Ok(Moments::of_blobs(range.start, &self.weights, rows))
     }
 
     async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Option<Moments>> {
@@ -91,7 +99,7 @@ impl ScanReads for MemorySource {
             .range(range.start..=range.end)
             .map(|(&k, &v)| (k, v));
         tokio::task::yield_now().await;
-        Ok(Moments::of_references(range.start, rows))
+        Ok(Moments::of_references(range.start, &self.weights, rows))
     }
 
     async fn sketch_cut(

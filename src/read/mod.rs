@@ -33,7 +33,7 @@ use crate::error::Result;
 use crate::finding::AffectedRow;
 use crate::finding::Finding;
 use crate::plan::IdRange;
-use crate::sketch::Moments;
+use crate::sketch::{Moments, Weights};
 
 pub use points::{PointRead, read_points};
 
@@ -47,6 +47,10 @@ pub trait ReferenceColumns: Send + Sync + 'static {
 /// once, lies inside `range` and has at most `limit` rows: the first
 /// `limit` ids of the range that have rows.
 pub trait ScanReads: ReferenceColumns {
+    /// The random weights the sketch sums use (`sketch::Weights`): the
+    /// same for every sketch of one run.
+    fn weights(&self) -> &Weights;
+
     /// `(id, stored count)` rows of the blob table.
     fn blob_batch(
         &self,

@@ -1,5 +1,5 @@
 //! The sketch's reads of a range (`--method sketch`; the arithmetic is in
-//! `crate::sketch`): three sums per table, probes that bound the rows a sum
+//! `crate::sketch`): a few sums per table, probes that bound the rows a sum
 //! reads, halving where the sums do not settle, point reads of the ids they
 //! locate, and rows read one by one where nothing else settles a piece.
 
@@ -82,8 +82,6 @@ impl Piece {
 struct Settled {
     /// One id per piece, with the difference the sums put on it.
     located: Vec<(IdRange, u64, i128)>,
-    /// Findings of pieces whose sums two ids explained, already read.
-    found: Vec<Finding>,
     /// Pieces the sums did not settle, to read row by row, in id order.
     unsettled: Vec<IdRange>,
 }
@@ -96,41 +94,10 @@ fn located_as(read: PointRead, difference: i128) -> Option<Finding> {
     (read.stable && read.finding.difference() == difference).then_some(read.finding)
 }
 
-/// The two inconsistent ids that explain `piece`'s sums (`sketch::pairs`),
-/// read exactly with the stable point read confirmation uses: `None` unless
-/// exactly one candidate pair reads with the differences the sums put on it.
-/// Such a pair accounts for all three moments, so what is left of the piece
-/// is as settled as a clean piece.
-async fn read_pair<S: ScanReads + PointReads>(
-    source: &S,
-    piece: &Piece,
-) -> Result<Option<[Finding; 2]>> {
-    let span = span_of(piece.range);
-    let offered = sketch::pairs(piece.range.start, span, &piece.blobs, &piece.references);
-    if offered.is_empty() {
-        return Ok(None);
-    }
-    let mut ids: Vec<u64> = offered.iter().flatten().map(|&(id, _)| id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let reads = read_points(source, &ids).await?;
-    let read_as = |id: u64, difference: i128| {
-        located_as(reads[ids.binary_search(&id).ok()?].clone(), difference)
-    };
-    let mut confirmed = offered
-        .iter()
-        .filter_map(|&[(a, da), (b, db)]| Some([read_as(a, da)?, read_as(b, db)?]));
-    match (confirmed.next(), confirmed.next()) {
-        (Some(pair), None) => Ok(Some(pair)),
-        _ => Ok(None),
-    }
-}
-
-/// Decides `top` by its sums; where they do not settle a piece and no pair
-/// of ids explains them, halves it (sketching the first half and deriving
-/// the second) until every piece is clean, has its one or two inconsistent
-/// ids located, or is small enough to read row by row. Pieces come out in
-/// id order.
+/// Decides `top` by its sums; where they do not settle a piece, halves it
+/// (sketching the first half and deriving the second) until every piece is
+/// clean, has its one inconsistent id located, or is small enough to read
+/// row by row. Pieces come out in id order.
 async fn settle<S: ScanReads + PointReads>(
     source: &S,
     top: Piece,
@@ -140,13 +107,17 @@ async fn settle<S: ScanReads + PointReads>(
     let mut stack = vec![top];
     while let Some(piece) = stack.pop() {
         let span = span_of(piece.range);
-        match sketch::decide(piece.range.start, span, &piece.blobs, &piece.references) {
+        let verdict = sketch::decide(
+            piece.range.start,
+            span,
+            source.weights(),
+            &piece.blobs,
+            &piece.references,
+        );
+        match verdict {
             Verdict::Clean => {}
             Verdict::Single { id, difference } => {
                 settled.located.push((piece.range, id, difference));
-            }
-            Verdict::Unresolved if let Some(pair) = read_pair(source, &piece).await? => {
-                settled.found.extend(pair);
             }
             Verdict::Unresolved
                 if span < 2 || piece.blobs.rows + piece.references.rows <= min_rows =>
@@ -304,13 +275,8 @@ async fn settle_outcome<S: ScanReads + PointReads>(
     };
     let Settled {
         located,
-        found,
         mut unsettled,
     } = settle(source, top, split_min_rows).await?;
-    if !found.is_empty() {
-        outcome.findings.extend(found);
-        outcome.checked = Checked::SketchLocated;
-    }
     if !located.is_empty() {
         unsettled.extend(read_located(source, located, &mut outcome.findings).await?);
         outcome.checked = Checked::SketchLocated;
