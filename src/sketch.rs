@@ -1,5 +1,5 @@
 //! Chunk sketches: a chunk checked by a few sums per table instead of one
-//! row per id (`--method sketch`, the default).
+//! row per id (`--method sketch`).
 //!
 //! For a chunk `[lo, hi]` of at most `MAX_SPAN` ids let `t = id − lo` and
 //! `d(id) = stored − actual` (a missing blob row stores 0). Every
@@ -168,10 +168,26 @@ impl Weights {
         &self.high
     }
 
+    /// `(L(id), H(id))`: the entries at the id's low digit and the next.
+    fn entries(&self, id: u64) -> (u64, u64) {
+        let mask = TABLE as u64 - 1;
+        (
+            self.low[(id & mask) as usize],
+            self.high[((id >> DIGIT_BITS) & mask) as usize],
+        )
+    }
+
     /// `L(id)·H(id)`, below `PRIME²`.
     pub fn of(&self, id: u64) -> u64 {
-        let mask = TABLE as u64 - 1;
-        self.low[(id & mask) as usize] * self.high[((id >> DIGIT_BITS) & mask) as usize]
+        let (low, high) = self.entries(id);
+        low * high
+    }
+
+    /// What a difference `d` at `id` adds to the random sum, mod `PRIME`:
+    /// `d·L(id)·H(id) mod p`.
+    pub fn residue(&self, id: u64, difference: i128) -> u128 {
+        let prime = u128::from(PRIME);
+        difference.rem_euclid(PRIME as i128) as u128 * u128::from(self.of(id)) % prime
     }
 }
 
@@ -199,17 +215,15 @@ impl Moments {
         weights: &Weights,
         rows: impl IntoIterator<Item = (u64, u64)>,
     ) -> Option<Moments> {
-        let mask = TABLE as u64 - 1;
         let mut moments = Moments::default();
         for (id, count) in rows {
             moments.rows += 1;
             moments.add(id - lo, count);
             // As the server computes it: `count·L` in DOUBLE (exact while
             // it stays below 2⁵³, where `Σ count < p` keeps it), then mod p.
-            let low = u128::from(weights.low[(id & mask) as usize]);
-            let high = u128::from(weights.high[((id >> DIGIT_BITS) & mask) as usize]);
-            let residue = (u128::from(count) * low) % u128::from(PRIME);
-            moments.random = moments.random.saturating_add(residue * high);
+            let (low, high) = weights.entries(id);
+            let residue = (u128::from(count) * u128::from(low)) % u128::from(PRIME);
+            moments.random = moments.random.saturating_add(residue * u128::from(high));
         }
         moments.exact()
     }
@@ -329,8 +343,7 @@ pub fn decide(
         return Verdict::Unresolved;
     }
     let id = lo + t as u64;
-    let residue = d0.rem_euclid(PRIME as i128) as u128 * u128::from(weights.of(id)) % prime;
-    if residue == random {
+    if weights.residue(id, d0) == random {
         Verdict::Single { id, difference: d0 }
     } else {
         Verdict::Unresolved
@@ -420,12 +433,11 @@ mod tests {
 
     /// `Σ d·L·H mod p` of `faults`, brute force.
     fn random_sum(weights: &Weights, faults: &[(u64, i128)]) -> u128 {
-        let p = PRIME as i128;
         faults
             .iter()
-            .map(|&(id, d)| d.rem_euclid(p) * i128::from(weights.of(id)) % p)
-            .sum::<i128>() as u128
-            % PRIME as u128
+            .map(|&(id, d)| weights.residue(id, d))
+            .sum::<u128>()
+            % u128::from(PRIME)
     }
 
     /// The three exact moments the sketch used to rely on alone: a pattern

@@ -403,7 +403,6 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
     use blobcheck::db::{Databases, DbSource, Protocol, inspect};
     use blobcheck::read::ScanReads;
     use blobcheck::sketch::{EXACT_LIMIT, MAX_SPAN, Moments, Weights};
-    use std::sync::Arc;
 
     let weights = Weights::from_seed(5);
     let trusted = IdRange::new(u64::MAX - (MAX_SPAN - 1), u64::MAX);
@@ -460,11 +459,8 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
     for protocol in [Protocol::Binary, Protocol::Text] {
         let databases = Databases::connect(&config, 4).await.unwrap();
         let schema = inspect(&config, &databases).await.unwrap();
-        let source = DbSource {
-            protocol,
-            weights: Arc::new(weights.clone()),
-            ..DbSource::new(databases, schema)
-        };
+        let mut source = DbSource::new(databases, schema).with_weights(weights.clone());
+        source.protocol = protocol;
         let blobs_in = |range: IdRange| {
             data.blobs
                 .range(range.start..=range.end)

@@ -78,9 +78,32 @@ pub struct DbSource {
     pub retry_for: Duration,
     pub throttle: Arc<Throttle>,
     pub protocol: Protocol,
-    /// The random weights of this run's sketches (`sketch::Weights`), drawn
-    /// when the source is made.
-    pub weights: Arc<Weights>,
+    /// The random weights of this run's sketches, drawn when the source is
+    /// made, and the prepared sketch statements that hold them.
+    sketches: Arc<SketchStatements>,
+}
+
+/// The sketch statements of one run. They carry the run's weights as
+/// literals (two lists of 1,024 numbers), so they are built once, when the
+/// weights are drawn, rather than for every chunk.
+struct SketchStatements {
+    weights: Weights,
+    blobs: String,
+    references: Vec<String>,
+}
+
+impl SketchStatements {
+    fn new(schema: &Schema, weights: Weights) -> SketchStatements {
+        SketchStatements {
+            blobs: blob_sketch_statement(&schema.blobs, &weights),
+            references: schema
+                .references
+                .iter()
+                .map(|reference| reference_sketch_statement(reference, &weights))
+                .collect(),
+            weights,
+        }
+    }
 }
 
 /// Errors worth another try: the connection or the server went away, or
@@ -178,12 +201,19 @@ impl DbSource {
     pub fn new(databases: Databases, schema: Schema) -> DbSource {
         DbSource {
             databases,
-            schema,
             retry_for: Duration::from_secs(300),
             throttle: Throttle::unlimited(),
             protocol: Protocol::Binary,
-            weights: Arc::new(Weights::random()),
+            sketches: Arc::new(SketchStatements::new(&schema, Weights::random())),
+            schema,
         }
+    }
+
+    /// This source with the sketches' weights replaced (tests that need
+    /// known weights).
+    pub fn with_weights(mut self, weights: Weights) -> DbSource {
+        self.sketches = Arc::new(SketchStatements::new(&self.schema, weights));
+        self
     }
 
     /// Starts a throttle over every server of this source and makes every
@@ -486,7 +516,7 @@ impl ReferenceColumns for DbSource {
 
 impl ScanReads for DbSource {
     fn weights(&self) -> &Weights {
-        &self.weights
+        &self.sketches.weights
     }
 
     async fn blob_batch(&self, range: IdRange, limit: u64) -> Result<Vec<(u64, u64)>> {
@@ -520,8 +550,8 @@ impl ScanReads for DbSource {
         let blobs = &self.schema.blobs;
         let what = blobs.table.to_string();
         let query = self.scan_query(
-            || blob_sketch_sql(blobs, &self.weights, range),
-            || blob_sketch_statement(blobs, &self.weights),
+            || blob_sketch_sql(blobs, &self.sketches.weights, range),
+            || self.sketches.blobs.clone(),
             || sketch_params(range),
         );
         self.moments(blobs.server, query, &what).await
@@ -530,8 +560,8 @@ impl ScanReads for DbSource {
     async fn reference_sketch(&self, column: usize, range: IdRange) -> Result<Option<Moments>> {
         let reference = &self.schema.references[column];
         let query = self.scan_query(
-            || reference_sketch_sql(reference, &self.weights, range),
-            || reference_sketch_statement(reference, &self.weights),
+            || reference_sketch_sql(reference, &self.sketches.weights, range),
+            || self.sketches.references[column].clone(),
             || sketch_params(range),
         );
         self.moments(reference.server, query, &reference.label)

@@ -272,7 +272,7 @@ fn sketch_promises_completeness(faults: &[Finding], weights: &sketch::Weights) -
     type Sums = [u128; 3];
     let prime = u128::from(sketch::PRIME);
     let sums = |id: u64, d: i128| -> Sums {
-        let residue = d.rem_euclid(prime as i128) as u128 * u128::from(weights.of(id)) % prime;
+        let residue = weights.residue(id, d);
         let (id, d) = (u128::from(id), d as u128);
         [d, d.wrapping_mul(id), residue]
     };
