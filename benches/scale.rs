@@ -44,7 +44,7 @@ usage: cargo bench --bench scale -- [options] [-- <extra blobcheck args>]
                           \"--jobs 4 --chunk-size 10000\", \"--jobs 4 --chunk-size 1000\")
                           A setting \"partitions=N ARGS\" runs N processes at once with
                           --partition K/N (as deploy/kubernetes/check-cronjob.yaml does) and checks
-                          their outputs, concatenated in K order, against the ground truth;
+                          their outputs, merged by blob id, against the ground truth (and reports the balance);
                           leading NAME=VALUE tokens set environment variables, e.g.
                           \"BLOBCHECK_PROTOCOL=binary --jobs 4\".
   --common \"ARGS\"         args added to every setting (e.g. \"--confirmations 0\")
@@ -1345,6 +1345,9 @@ struct RunResult {
     traffic: Traffic,
     problems: Vec<String>,
     findings: usize,
+    /// With several partitions: each process's wall time and the rows it
+    /// read (blob rows plus references, from its summary).
+    parts: Vec<(f64, u64)>,
 }
 
 fn tv(t: libc::timeval) -> f64 {
@@ -1639,6 +1642,7 @@ fn run_blobcheck(
     let server_cpu: f64 = each.iter().sum();
     let traffic_after = traffic(servers);
     let mut got = Vec::new();
+    let mut parts = Vec::new();
     let (mut max_rss_kb, mut utime, mut stime, mut any_findings) = (0u64, 0.0, 0.0, false);
     for ((out, req), reply) in requests.iter().zip(replies) {
         let reply = reply?;
@@ -1665,9 +1669,16 @@ fn run_blobcheck(
         }
         any_findings |= code == 1;
         got.extend(mine);
+        let stderr = fs::read_to_string(&req.stderr).unwrap_or_default();
+        parts.push((reply.wall, summary_rows(&stderr)));
         max_rss_kb = max_rss_kb.max(reply.max_rss_kb);
         utime += reply.utime;
         stime += reply.stime;
+    }
+    // Each partition's findings come in id order, but its blocks are spread
+    // over the id space: their union is compared in order.
+    if parts.len() > 1 {
+        got.sort_by_key(|f| f.blob_id);
     }
     let mut problems = compare(&got, truth, true);
     if any_findings == truth.is_empty() {
@@ -1694,7 +1705,23 @@ fn run_blobcheck(
         },
         problems,
         findings: got.len(),
+        parts: if parts.len() > 1 { parts } else { Vec::new() },
     })
+}
+
+/// Blob rows plus references, from the summary a check writes to stderr
+/// (`  blob rows    1,234 in …`, `  references   5,678 in 7 columns`).
+fn summary_rows(summary: &str) -> u64 {
+    let number = |prefix: &str| -> u64 {
+        summary
+            .lines()
+            .find_map(|line| line.trim_start().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|n| n.replace(',', ""))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    number("blob rows") + number("references")
 }
 
 /// The obvious single query, on one server that holds every database.
@@ -2840,6 +2867,43 @@ fn report_runs(md: &mut String, r: &Report) -> (f64, u64) {
             })
             .collect();
         let _ = writeln!(md, "| `{name}` | {} |", cells.join(" | "));
+    }
+    let partitioned: Vec<_> = r
+        .results
+        .iter()
+        .filter(|(_, rs)| rs.iter().any(|r| !r.parts.is_empty()))
+        .collect();
+    if !partitioned.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nPartition balance (each run: the largest partition against the mean, in rows read and in wall time; rows per partition):\n\n| setting | run | rows largest / mean | time largest / mean | rows per partition | seconds per partition |\n| --- | ---: | ---: | ---: | --- | --- |"
+        );
+        for (name, rs) in partitioned {
+            for (i, run) in rs.iter().enumerate() {
+                let rows: Vec<f64> = run.parts.iter().map(|p| p.1 as f64).collect();
+                let secs: Vec<f64> = run.parts.iter().map(|p| p.0).collect();
+                let ratio = |v: &[f64]| {
+                    let mean = v.iter().sum::<f64>() / v.len() as f64;
+                    v.iter().cloned().fold(0.0, f64::max) / mean
+                };
+                let _ = writeln!(
+                    md,
+                    "| `{name}` | {} | {:.3} | {:.3} | {} | {} |",
+                    i + 1,
+                    ratio(&rows),
+                    ratio(&secs),
+                    run.parts
+                        .iter()
+                        .map(|p| p.1.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    secs.iter()
+                        .map(|s| format!("{s:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
     }
     (best, peak)
 }

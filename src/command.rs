@@ -14,7 +14,8 @@ use crate::config::{Config, Overrides};
 use crate::db::Protocol;
 use crate::error::{Error, Result};
 use crate::metrics::{self, RunMetrics, RunProgress};
-use crate::plan::{IdRange, Partition};
+use crate::partition::Partition;
+use crate::plan::IdRange;
 use crate::progress::{LiveProgress, ProgressMode};
 use crate::pushgateway;
 use crate::report::{Format, Reporter, Summary};
@@ -50,7 +51,7 @@ pub struct CheckArgs {
     /// Continue the run the checkpoint file describes (starts afresh if the file does not exist yet).
     #[arg(long, requires = "checkpoint")]
     pub resume: bool,
-    /// Check only the K-th (0-based) of N disjoint slices of the id space, so that N processes check everything once.
+    /// Check only partition K (0-based) of N: one block of 65,536 ids out of every N, so that N processes check every id once, each about the same number of rows.
     #[arg(long, value_name = "K/N", conflicts_with = "range")]
     pub partition: Option<Partition>,
     /// Check only ids FIRST to LAST (inclusive), e.g. 0-1000000.

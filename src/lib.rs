@@ -17,6 +17,7 @@ pub mod error;
 pub mod finding;
 pub mod merge;
 pub mod metrics;
+pub mod partition;
 pub mod paths;
 pub mod plan;
 pub mod progress;

@@ -66,72 +66,6 @@ pub fn merge_cut<'a>(
         .fold(hi, u64::min)
 }
 
-/// The K-th (0-based) of N slices of `[first, last]`, the span of the blob
-/// table's ids, with the first slice reaching down to 0 and the last up to
-/// `u64::MAX`, so that the slices together cover every id exactly once.
-/// `None` when the slice is empty (more slices than ids in the span).
-pub fn partition(first: u64, last: u64, k: u64, n: u64) -> Option<IdRange> {
-    assert!(n >= 1 && k < n && first <= last);
-    let span = u128::from(last - first) + 1;
-    // first + span·i/n ≤ last + 1 ≤ 2⁶⁴, computed in u128 to stay exact.
-    let bound = |i: u64| -> u128 { u128::from(first) + span * u128::from(i) / u128::from(n) };
-    let start = if k == 0 { 0 } else { bound(k) };
-    let end = if k + 1 == n {
-        u128::from(u64::MAX)
-    } else {
-        bound(k + 1).checked_sub(1)?
-    };
-    (start <= end).then(|| IdRange::new(start as u64, end as u64))
-}
-
-/// `--partition K/N`: the K-th (0-based) of N slices of the id space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Partition {
-    pub k: u64,
-    pub n: u64,
-}
-
-impl std::str::FromStr for Partition {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Partition, String> {
-        let bad = || format!("partition `{text}` must be K/N with 0 <= K < N, e.g. 0/4");
-        let (k, n) = text.split_once('/').ok_or_else(bad)?;
-        let k: u64 = k.trim().parse().map_err(|_| bad())?;
-        let n: u64 = n.trim().parse().map_err(|_| bad())?;
-        if n == 0 || k >= n {
-            return Err(bad());
-        }
-        Ok(Partition { k, n })
-    }
-}
-
-impl std::fmt::Display for Partition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.k, self.n)
-    }
-}
-
-/// Granularity of the span partitions are cut from. The N processes of one
-/// run each read the blob table's MIN and MAX id themselves; rounding them
-/// outwards to multiples of 2²⁰ makes them agree although blobs are inserted
-/// meanwhile (unless an insert crosses a multiple between their starts).
-pub const PARTITION_GRANULE: u64 = 1 << 20;
-
-impl Partition {
-    /// The slice of this partition, given the blob table's smallest and
-    /// largest id (`None` for an empty table). `None` when the slice is
-    /// empty.
-    pub fn range(&self, span: Option<(u64, u64)>) -> Option<IdRange> {
-        let (first, last) = span.unwrap_or((0, 0));
-        let first = first - first % PARTITION_GRANULE;
-        let last = last
-            .checked_next_multiple_of(PARTITION_GRANULE)
-            .unwrap_or(u64::MAX);
-        partition(first, last.max(first), self.k, self.n)
-    }
-}
-
 /// Adapts the chunk size so that a chunk takes about `target` to check, as
 /// pt-table-checksum's `--chunk-time` does: fast chunks grow, slow ones
 /// shrink, within `[min, max]` rows. Without a target the size stays fixed.
@@ -187,7 +121,6 @@ impl ChunkSizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn chunk_end_full_and_short_batches() {
@@ -230,61 +163,5 @@ mod tests {
         let mut fixed = ChunkSizer::new(7, None, 100, 1000);
         fixed.observe(7, Duration::from_secs(100));
         assert_eq!(fixed.size(), 7, "no target: the size stays as given");
-    }
-
-    #[test]
-    fn partition_parsing() {
-        assert_eq!("2/8".parse::<Partition>(), Ok(Partition { k: 2, n: 8 }));
-        for bad in ["8/8", "1", "a/2", "0/0", "-1/3", ""] {
-            assert!(bad.parse::<Partition>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn partitions_agree_despite_small_growth_of_the_table() {
-        let before = Partition { k: 3, n: 8 }.range(Some((12, 900_000_000)));
-        let after = Partition { k: 3, n: 8 }.range(Some((12, 900_000_500)));
-        assert_eq!(before, after);
-        let whole = Partition { k: 0, n: 1 }.range(None);
-        assert_eq!(whole, Some(IdRange::ALL));
-    }
-
-    proptest! {
-        #[test]
-        fn partitions_of_a_table_cover_every_id_once(first in any::<u64>(), len in any::<u64>(), n in 1u64..20) {
-            let span = Some((first, first.saturating_add(len)));
-            let mut next: Option<u64> = Some(0);
-            for k in 0..n {
-                if let Some(slice) = (Partition { k, n }).range(span) {
-                    prop_assert_eq!(Some(slice.start), next);
-                    next = slice.end.checked_add(1);
-                }
-            }
-            prop_assert_eq!(next, None);
-        }
-
-        #[test]
-        fn partitions_cover_every_id_once(first in any::<u64>(), len in prop_oneof![0u64..50, any::<u64>()], n in 1u64..40) {
-            let last = first.saturating_add(len);
-            // The next id not yet covered; None once u64::MAX is covered.
-            let mut next: Option<u64> = Some(0);
-            for k in 0..n {
-                if let Some(slice) = partition(first, last, k, n) {
-                    prop_assert_eq!(Some(slice.start), next, "slice {} of {}", k, n);
-                    next = slice.end.checked_add(1);
-                }
-            }
-            prop_assert_eq!(next, None);
-        }
-
-        #[test]
-        fn partitions_are_balanced_over_the_span(first in 0u64..1_000_000, len in 1000u64..1_000_000_000, n in 1u64..20) {
-            let last = first + len;
-            for k in 1..n.saturating_sub(1) {
-                let slice = partition(first, last, k, n).unwrap();
-                let size = slice.end - slice.start + 1;
-                prop_assert!(size.abs_diff((len + 1) / n) <= 1);
-            }
-        }
     }
 }

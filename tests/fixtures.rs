@@ -221,7 +221,7 @@ async fn sub_ranges_split_the_findings_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_together_find_exactly_what_one_run_finds() {
     use blobcheck::check::Scope;
-    use blobcheck::plan::Partition;
+    use blobcheck::partition::Partition;
     let config = common::fixture_config().await;
     let expected = expected_fixture_findings();
     for n in [1u64, 2, 3, 7, 16] {

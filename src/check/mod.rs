@@ -27,7 +27,8 @@ use crate::confirm::{Candidate, ConfirmOptions, WaveOutcome, confirm_wave};
 use crate::db::{DbSource, Protocol};
 use crate::error::{Error, Result};
 use crate::finding::{Direction, Finding, Kind};
-use crate::plan::{IdRange, Partition};
+use crate::partition::Partition;
+use crate::plan::IdRange;
 use crate::progress::{LiveProgress, Progress, ProgressMode};
 use crate::read::{PointReads, RunReads, ScanReads};
 use crate::report::{ColumnSummary, Reporter, SketchCounts, Summary};
@@ -40,7 +41,7 @@ use resume::{identity, starting_state};
 pub enum Scope {
     /// Exactly this range.
     Range(IdRange),
-    /// One of N slices, cut from the blob table's id span at start.
+    /// One of N partitions: the blocks of ids it owns (`partition`).
     Partition(Partition),
 }
 
@@ -274,21 +275,11 @@ async fn run_with_source<S: CheckReads>(
     started: Instant,
 ) -> Result<Summary> {
     let span = source.blob_id_span().await?;
-    let range = match options.scope {
-        Scope::Range(range) => Some(range),
-        Scope::Partition(partition) => {
-            let range = partition.range(span);
-            match range {
-                Some(range) => tracing::info!("partition {partition}: ids {range}"),
-                None => tracing::info!("partition {partition} is empty: nothing to check"),
-            }
-            range
-        }
+    let (range, partition) = match options.scope {
+        Scope::Range(range) => (range, Partition::WHOLE),
+        Scope::Partition(partition) => (IdRange::ALL, partition),
     };
-    let mut summary = summary_frame(config, options, range);
-    let Some(range) = range else {
-        return Ok(summary);
-    };
+    let mut summary = summary_frame(config, options, Some(range));
     tracing::info!(
         "checking ids {range}: {} on `{}` against {} reference columns on {} servers",
         config.blobs.table,
@@ -299,13 +290,18 @@ async fn run_with_source<S: CheckReads>(
 
     // NULLs and negative values belong to no id: count them in the run (or
     // the partition) that covers the start of the id space.
-    if range.start == 0 {
+    if range.start == 0 && partition.owns(0) {
         count_unusable(&**source, options.scan.chunk_size, &mut summary.columns).await?;
     }
 
     let scope = match options.scope {
         Scope::Range(range) => format!("range {range}"),
-        Scope::Partition(partition) => format!("partition {partition}"),
+        // Named with its blocks: a checkpoint of a partition cut another
+        // way (from the span, before blocks) belongs to another check.
+        Scope::Partition(partition) => format!(
+            "partition {partition} in blocks of {} ids",
+            crate::partition::BLOCK_IDS
+        ),
     };
     let (mut state, start) = starting_state(
         options,
@@ -313,13 +309,6 @@ async fn run_with_source<S: CheckReads>(
         range,
         config.references.len(),
     )?;
-    if state.range != range {
-        tracing::info!(
-            "partition {scope}: continuing the slice of the checkpoint, ids {}",
-            state.range
-        );
-        summary.range = Some(state.range);
-    }
     summary.start = start;
     for finding in &state.findings {
         report_finding(reporter, &**source, finding, options.affected_rows).await?;
@@ -327,6 +316,7 @@ async fn run_with_source<S: CheckReads>(
 
     let mut run = Run {
         options,
+        partition,
         source,
         reporter,
         waves: VecDeque::new(),
@@ -360,6 +350,8 @@ async fn run_with_source<S: CheckReads>(
 /// The state of a run in progress, apart from what the checkpoint holds.
 struct Run<'a, S> {
     options: &'a CheckOptions,
+    /// The blocks this run checks (`Partition::WHOLE`: every id of its range).
+    partition: Partition,
     source: &'a Arc<S>,
     reporter: &'a mut Reporter,
     waves: VecDeque<Wave>,
@@ -470,6 +462,7 @@ impl<S: CheckReads> Run<'_, S> {
             Checked::SketchClean => self.sketch.clean += 1,
             Checked::SketchLocated => self.sketch.located += 1,
             Checked::SketchRows => self.sketch.partly_rows += 1,
+            Checked::Skipped => {}
         }
         state.blob_rows = state.blob_rows.saturating_add(outcome.blobs);
         let mut rows = outcome.blobs;
@@ -535,6 +528,7 @@ impl<S: CheckReads> Run<'_, S> {
             tokio::spawn(scan(
                 Arc::clone(self.source),
                 range,
+                self.partition,
                 self.options.scan,
                 outcome_tx,
             ))

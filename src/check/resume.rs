@@ -2,7 +2,7 @@
 //! checkpoint is continued (`--resume` only ever continues an unfinished
 //! run) or a new run begins.
 
-use super::{CheckOptions, Scope};
+use super::CheckOptions;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -41,10 +41,6 @@ pub(super) fn identity(config: &Config, scope: &str) -> String {
 /// checkpoint. `--resume` only ever continues an unfinished run: a
 /// checkpoint that holds a finished one (as a daily job leaves it) starts a
 /// new run, so that every run reads the databases as they are now.
-///
-/// A partition's slice is cut from the blob table's span at start, which
-/// moves as blobs are added: a resumed partition continues the slice its
-/// checkpoint holds, not the one cut now.
 pub(super) fn starting_state(
     options: &CheckOptions,
     identity: String,
@@ -80,12 +76,8 @@ pub(super) fn starting_state(
             path.display()
         )));
     }
-    let expected_range = match options.scope {
-        Scope::Range(_) => Some(range),
-        Scope::Partition(_) => None,
-    };
     saved
-        .validate(columns, expected_range)
+        .validate(columns, Some(range))
         .map_err(|reason| crate::checkpoint::unreadable(path, reason))?;
     tracing::info!(
         "resuming the unfinished run of {}: {} findings so far, {} candidates pending, next id {}",

@@ -34,11 +34,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::error::Result;
 use crate::finding::Finding;
+use crate::partition::{Partition, block_of, block_range};
 use crate::plan::{ChunkSizer, IdRange};
 use crate::read::{PointReads, ScanReads};
 use crate::sketch::{self, SpanSizer};
@@ -97,6 +99,9 @@ enum Work {
     /// what the chunks before it held (see `SpanSizer::proven`), so its
     /// tables are probed for the row bound before they are summed.
     Sketch { range: IdRange, probe: bool },
+    /// Ids this process does not read: another partition's blocks, or a
+    /// stretch its tables' indexes showed empty.
+    Skip(IdRange),
 }
 
 /// A piece of the id range with its blob rows already read.
@@ -139,6 +144,8 @@ pub enum Checked {
     SketchLocated,
     /// By its sums, with pieces they did not settle read row by row.
     SketchRows,
+    /// Not read: another partition's ids, or ids that hold no rows.
+    Skipped,
 }
 
 /// The number of ids in `range`, 2⁶⁴ counting as 2⁶⁴ − 1.
@@ -201,7 +208,11 @@ impl<S: ScanReads + PointReads> Shared<S> {
     /// of a range a sketch did not settle).
     async fn work(&self, work: Work) -> Result<(ChunkOutcome, Vec<Work>)> {
         let source = &*self.source;
+        if let Work::Skip(range) = work {
+            return Ok((skipped(range), Vec::new()));
+        }
         let (outcome, more) = match work {
+            Work::Skip(_) => unreachable!("answered above"),
             Work::Exact(chunk) => {
                 let started = Instant::now();
                 let limit = chunk.limit;
@@ -235,31 +246,33 @@ impl<S: ScanReads + PointReads> Shared<S> {
     /// primary key and reads each chunk's blob rows. Sketch: cuts the range
     /// by the span sizer, reading nothing, except where the span has grown
     /// too long to sketch (ids are sparse there, or absent up to
-    /// 2⁶⁴ − 1): there it plans an exact chunk. Ends after the range's end,
-    /// after an error (sent on), or when the receiver is gone.
-    async fn plan(&self, range: IdRange, method: Method, work: mpsc::Sender<Result<Work>>) {
+    /// 2⁶⁴ − 1): there it plans an exact chunk. With several partitions,
+    /// it skips the other partitions' blocks, and before it enters one of
+    /// its own it asks every table's index for its next row, so that it
+    /// jumps over empty stretches instead of planning each empty block.
+    /// Ends after the range's end, after an error (sent on), or when the
+    /// receiver is gone.
+    async fn plan(
+        &self,
+        range: IdRange,
+        partition: Partition,
+        method: Method,
+        work: mpsc::Sender<Result<Work>>,
+    ) {
         let mut start = range.start;
+        // Whether the next row at or after `start` is still to be asked for.
+        let mut entering = true;
         loop {
-            let (span, probe) = {
-                let sizer = self.span_sizer.lock().unwrap();
-                (sizer.span(), !sizer.proven(sizer.span()))
+            let (next, end) = match self
+                .next_work(start, range, partition, method, entering)
+                .await
+            {
+                Ok((next, end)) => (Ok(next), Some(end)),
+                Err(e) => (Err(e), None),
             };
-            let (next, end) = match method {
-                Method::Sketch { .. } if span <= sketch::MAX_SPAN => {
-                    let end = start.saturating_add(span - 1).min(range.end);
-                    let range = IdRange::new(start, end);
-                    (Ok(Work::Sketch { range, probe }), Some(end))
-                }
-                _ => {
-                    let limit = self.sizer.lock().unwrap().size();
-                    match plan_chunk(&*self.source, start, range, limit).await {
-                        Ok(chunk) => {
-                            let end = chunk.range.end;
-                            (Ok(Work::Exact(chunk)), Some(end))
-                        }
-                        Err(e) => (Err(e), None),
-                    }
-                }
+            entering = match &next {
+                Ok(Work::Skip(_)) => end.is_some_and(|end| !partition.owns(end)),
+                _ => false,
             };
             let after = end.and_then(|end| end.checked_add(1).filter(|_| end < range.end));
             if work.send(next).await.is_err() {
@@ -270,6 +283,73 @@ impl<S: ScanReads + PointReads> Shared<S> {
                 None => return,
             }
         }
+    }
+
+    /// The work that starts at `start`, and where it ends.
+    async fn next_work(
+        &self,
+        start: u64,
+        range: IdRange,
+        partition: Partition,
+        method: Method,
+        entering: bool,
+    ) -> Result<(Work, u64)> {
+        let mut within = range;
+        if partition != Partition::WHOLE {
+            if let Some(foreign) = partition.foreign_from(start) {
+                let end = foreign.end.min(range.end);
+                return Ok((Work::Skip(IdRange::new(start, end)), end));
+            }
+            if entering {
+                let ahead = IdRange::new(start, range.end);
+                match first_row(&*self.source, ahead).await? {
+                    None => return Ok((Work::Skip(ahead), range.end)),
+                    Some(first) if first > start => {
+                        return Ok((Work::Skip(IdRange::new(start, first - 1)), first - 1));
+                    }
+                    Some(_) => {}
+                }
+            }
+            within.end = within.end.min(block_range(block_of(start)).end);
+        }
+        let (span, probe) = {
+            let sizer = self.span_sizer.lock().unwrap();
+            (sizer.span(), !sizer.proven(sizer.span()))
+        };
+        match method {
+            Method::Sketch { .. } if span <= sketch::MAX_SPAN => {
+                let end = start.saturating_add(span - 1).min(within.end);
+                let range = IdRange::new(start, end);
+                Ok((Work::Sketch { range, probe }, end))
+            }
+            _ => {
+                let limit = self.sizer.lock().unwrap().size();
+                let chunk = plan_chunk(&*self.source, start, within, limit).await?;
+                let end = chunk.range.end;
+                Ok((Work::Exact(chunk), end))
+            }
+        }
+    }
+}
+
+/// The smallest id of `range` that any table has a row for: the blob
+/// table's or a reference column's next key, one index read each.
+async fn first_row<S: ScanReads>(source: &S, range: IdRange) -> Result<Option<u64>> {
+    let tables = std::iter::once(None).chain((0..source.column_count()).map(Some));
+    let firsts = try_join_all(tables.map(|table| source.sketch_cut(table, range, 0))).await?;
+    Ok(firsts.into_iter().flatten().min())
+}
+
+/// The outcome of ids not read.
+fn skipped(range: IdRange) -> ChunkOutcome {
+    ChunkOutcome {
+        range,
+        findings: Vec::new(),
+        blobs: 0,
+        references: Vec::new(),
+        watch: Vec::new(),
+        read_at: Instant::now(),
+        checked: Checked::Skipped,
     }
 }
 
@@ -312,6 +392,7 @@ impl Reorder {
 pub async fn scan<S: ScanReads + PointReads>(
     source: Arc<S>,
     range: IdRange,
+    partition: Partition,
     options: ScanOptions,
     outcomes: mpsc::Sender<ChunkOutcome>,
 ) -> Result<()> {
@@ -320,7 +401,7 @@ pub async fn scan<S: ScanReads + PointReads>(
     let (work_tx, mut work_rx) = mpsc::channel::<Result<Work>>(jobs);
     let planner = tokio::spawn({
         let shared = Arc::clone(&shared);
-        async move { shared.plan(range, options.method, work_tx).await }
+        async move { shared.plan(range, partition, options.method, work_tx).await }
     });
     let spawn = |tasks: &mut JoinSet<_>, work: Work| {
         let shared = Arc::clone(&shared);

@@ -27,7 +27,7 @@ fn run_with(
     let mut ranges = Vec::new();
     let mut blobs = 0;
     let mut references = vec![0; source.columns.len()];
-    for outcome in collect(&runtime, Arc::new(source), range, options) {
+    for outcome in collect(&runtime, Arc::new(source), range, Partition::WHOLE, options) {
         findings.extend(outcome.findings);
         ranges.push(outcome.range);
         blobs += outcome.blobs;
@@ -38,16 +38,26 @@ fn run_with(
     (findings, ranges, blobs, references)
 }
 
+/// A scan of the whole id space by one process, to its end.
+fn collect_whole(
+    runtime: &tokio::runtime::Runtime,
+    source: Arc<MemorySource>,
+    options: ScanOptions,
+) -> Vec<ChunkOutcome> {
+    collect(runtime, source, IdRange::ALL, Partition::WHOLE, options)
+}
+
 /// Runs a scan to its end and returns its outcomes in order.
 fn collect(
     runtime: &tokio::runtime::Runtime,
     source: Arc<MemorySource>,
     range: IdRange,
+    partition: Partition,
     options: ScanOptions,
 ) -> Vec<ChunkOutcome> {
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel(2);
-        let scanning = tokio::spawn(scan(source, range, options, tx));
+        let scanning = tokio::spawn(scan(source, range, partition, options, tx));
         let mut outcomes = Vec::new();
         while let Some(outcome) = rx.recv().await {
             outcomes.push(outcome);
@@ -419,7 +429,7 @@ fn sketch_reads_exactly_only_what_its_sums_do_not_settle() {
             },
             ..ScanOptions::fixed(500, 2)
         };
-        let outcomes = collect(&runtime, Arc::clone(&source), IdRange::ALL, options);
+        let outcomes = collect_whole(&runtime, Arc::clone(&source), options);
         let findings: Vec<u64> = outcomes
             .into_iter()
             .flat_map(|o| o.findings)
@@ -535,7 +545,7 @@ fn sketches_after_a_gap_read_at_most_the_row_bound() {
         method: Method::Sketch { target_rows },
         ..ScanOptions::fixed(500, 3)
     };
-    let outcomes = collect(&runtime, Arc::clone(&source), IdRange::ALL, options);
+    let outcomes = collect_whole(&runtime, Arc::clone(&source), options);
     let findings: Vec<Finding> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     assert_eq!(findings, expected);
     let sketches = source.blob_sketches.lock().unwrap().clone();
@@ -578,16 +588,11 @@ fn dense_references_past_the_last_blob_stay_within_the_chunk_size() {
         .build()
         .unwrap();
     let source = Arc::new(source);
-    let largest_outcome = collect(
-        &runtime,
-        Arc::clone(&source),
-        IdRange::ALL,
-        ScanOptions::fixed(1000, 4),
-    )
-    .iter()
-    .map(|o| o.findings.len())
-    .max()
-    .unwrap();
+    let largest_outcome = collect_whole(&runtime, Arc::clone(&source), ScanOptions::fixed(1000, 4))
+        .iter()
+        .map(|o| o.findings.len())
+        .max()
+        .unwrap();
     assert!(source.largest_batch.load(Ordering::Relaxed) <= 1000);
     assert!(
         largest_outcome <= 1001,
@@ -632,7 +637,7 @@ fn a_cut_range_with_sums_too_large_still_hands_back_the_rest() {
         method: Method::Sketch { target_rows: 256 },
         ..ScanOptions::fixed(500, 3)
     };
-    let outcomes = collect(&runtime, Arc::clone(&source), IdRange::ALL, options);
+    let outcomes = collect_whole(&runtime, Arc::clone(&source), options);
     assert_eq!(outcomes.first().map(|o| o.range.start), Some(0));
     assert_eq!(outcomes.last().map(|o| o.range.end), Some(u64::MAX));
     for pair in outcomes.windows(2) {
@@ -641,4 +646,103 @@ fn a_cut_range_with_sums_too_large_still_hands_back_the_rest() {
     let findings: Vec<Finding> = outcomes.into_iter().flat_map(|o| o.findings).collect();
     assert_eq!(findings.len(), 619);
     assert_eq!(findings, expected);
+}
+
+/// Ids around the first blocks' edges, far above them, around 2⁶³ and up
+/// to 2⁶⁴ − 1: every partition gets some blocks with rows, some without.
+fn spread_id() -> impl Strategy<Value = u64> {
+    use crate::partition::BLOCK_IDS;
+    prop_oneof![
+        2 => 0u64..200,
+        3 => (0u64..24, 0u64..6).prop_map(|(block, d)| (block * BLOCK_IDS).saturating_sub(3) + d),
+        1 => (1u64 << 63) - 3..(1u64 << 63) + 3,
+        1 => u64::MAX - 3..=u64::MAX,
+        1 => any::<u64>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+    /// N partitions, each scanned on its own, read every row once and
+    /// together find exactly what brute force finds; each reads only its
+    /// own blocks, and its outcomes still tile the id space.
+    #[test]
+    fn partitions_together_equal_brute_force(
+        blobs in proptest::collection::btree_map(spread_id(), 0u64..4, 0..60),
+        columns in proptest::collection::vec(proptest::collection::btree_map(spread_id(), 1u64..4, 0..60), 0..4),
+        n in 1u64..7,
+        sketch in any::<bool>(),
+        chunk_size in 1u64..12,
+    ) {
+        let expected = crate::merge::tests::brute_force(&blobs, &columns);
+        let options = ScanOptions {
+            method: if sketch { Method::Sketch { target_rows: 16 } } else { Method::Exact },
+            ..ScanOptions::fixed(chunk_size, 3)
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut findings = Vec::new();
+        let mut blob_rows = 0;
+        let mut references = vec![0u64; columns.len()];
+        for k in 0..n {
+            let partition = Partition { k, n };
+            let source = Arc::new(source(&blobs, &columns));
+            let outcomes = collect(&runtime, source, IdRange::ALL, partition, options);
+            prop_assert_eq!(outcomes.first().map(|o| o.range.start), Some(0));
+            prop_assert_eq!(outcomes.last().map(|o| o.range.end), Some(u64::MAX));
+            for pair in outcomes.windows(2) {
+                prop_assert_eq!(pair[0].range.end.checked_add(1), Some(pair[1].range.start));
+            }
+            for outcome in outcomes {
+                if n > 1 && outcome.checked != Checked::Skipped {
+                    let range = outcome.range;
+                    prop_assert_eq!(block_of(range.start), block_of(range.end), "{}", range);
+                    prop_assert!(partition.owns(range.start), "{} read by {}", range, partition);
+                }
+                findings.extend(outcome.findings);
+                blob_rows += outcome.blobs;
+                for (total, n) in references.iter_mut().zip(outcome.references) {
+                    *total += n;
+                }
+            }
+        }
+        findings.sort_by_key(|f| f.blob_id);
+        prop_assert_eq!(findings, expected);
+        prop_assert_eq!(blob_rows, blobs.len() as u64);
+        let expected_refs: Vec<u64> = columns.iter().map(|c| c.values().sum()).collect();
+        prop_assert_eq!(references, expected_refs);
+    }
+}
+
+/// A partition jumps over the empty space with one look at each index,
+/// instead of planning each of its 2⁴⁸ / N empty blocks.
+#[test]
+fn a_partition_jumps_over_empty_space() {
+    let blobs: BTreeMap<u64, u64> = [(5, 1), (1 << 63, 1), (u64::MAX, 0)].into();
+    let columns = vec![BTreeMap::from([(5, 1), (1 << 40, 1)])];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut findings = Vec::new();
+    for k in 0..4 {
+        let source = Arc::new(source(&blobs, &columns));
+        let outcomes = collect(
+            &runtime,
+            source,
+            IdRange::ALL,
+            Partition { k, n: 4 },
+            ScanOptions::fixed(10, 2),
+        );
+        assert!(
+            outcomes.len() < 40,
+            "partition {k}: {} outcomes",
+            outcomes.len()
+        );
+        findings.extend(outcomes.into_iter().flat_map(|o| o.findings));
+    }
+    findings.sort_by_key(|f| f.blob_id);
+    let ids: Vec<(u64, Kind)> = findings.iter().map(|f| (f.blob_id, f.kind)).collect();
+    assert_eq!(
+        ids,
+        [(1 << 40, Kind::MissingBlob), (1 << 63, Kind::OrphanBlob)]
+    );
 }

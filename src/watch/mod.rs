@@ -49,6 +49,7 @@ use crate::db::binlog::{
 };
 use crate::error::{Error, Result, one_line};
 use crate::finding::{Direction, Finding, Kind};
+use crate::partition::Partition;
 use crate::plan::IdRange;
 use crate::read::{RunReads, read_points};
 use crate::report::{ChangeNote, Origin, Reporter, utc_text};
@@ -1336,7 +1337,7 @@ async fn scan_range(
 ) -> Result<()> {
     tracing::info!("scanning ids {range}: more ids were touched than the watch holds");
     let (tx, mut rx) = mpsc::channel(4);
-    let scanning = tokio::spawn(scan(source, range, options, tx));
+    let scanning = tokio::spawn(scan(source, range, Partition::WHOLE, options, tx));
     let mut batch = Vec::new();
     while let Some(outcome) = rx.recv().await {
         batch.extend(outcome.findings);
