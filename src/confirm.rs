@@ -230,6 +230,20 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     };
     if hot {
         let rereads = &readings[1.min(readings.len())..];
+        // Consistent as soon as as many re-reads as confirm an ordinary
+        // candidate agree on a difference of 0: the same counts over the
+        // same rows through at least two settle delays mean that nothing
+        // was in flight at the first of them (its other step would have
+        // changed the rows or the count by the next), so the 0 is what the
+        // blob holds. This keeps a busy blob the scan saw consistent from
+        // costing twice the confirmation of a fault.
+        let clear = agreeing(confirmations);
+        if rereads.len() >= clear
+            && let Some(first) = all_agree(&rereads[..clear])
+            && first.difference() == 0
+        {
+            return Verdict::Transient;
+        }
         let quiet = 2 * run;
         if rereads.len() >= quiet
             && let Some(first) = all_agree(&rereads[..quiet])
@@ -859,6 +873,26 @@ mod tests {
         );
         assert_eq!(verdict(&[r(2); 7], 2, true), confirmed(2));
         assert_eq!(verdict(&[r(0); 7], 2, true), Verdict::Transient);
+        // Consistent after as many identical re-reads as confirm an
+        // ordinary candidate, over the same rows; not before, and not when
+        // the rows changed between them.
+        assert_eq!(verdict(&[r(0); 4], 2, true), Verdict::Transient);
+        assert_eq!(
+            verdict(&[r(1), r(0), r(0), r(0)], 2, true),
+            Verdict::Transient
+        );
+        assert_eq!(verdict(&[r(0); 3], 2, true), Verdict::Pending);
+        assert_eq!(verdict(&[r(0); 4], 4, true), Verdict::Pending);
+        let moved = |fingerprint| {
+            Some(Seen {
+                fingerprint: Some(fingerprint),
+                ..seen(Some(10), 10)
+            })
+        };
+        assert_eq!(
+            verdict(&[r(0), moved(1), moved(2), moved(1)], 2, true),
+            Verdict::Pending
+        );
         // A single odd re-read, and it is never confirmed.
         let noisy = [
             r(0),

@@ -5,7 +5,7 @@
 //! `d(id) = stored − actual` (a missing blob row stores 0). Every
 //! inconsistent id has `d ≠ 0`, and every id with `d ≠ 0` is inconsistent
 //! (`finding::classify`). The blob table's server returns `Σ count`,
-//! `Σ count·t` and `Σ (count·L(id) mod p)·H(id)`; every reference column's
+//! `Σ count·t` and `Σ count·L(id)·H(id)`; every reference column's
 //! server returns its rows, `Σ t` and `Σ L(id)·H(id)`, all from the same
 //! index range scan. Their differences are
 //!
@@ -59,9 +59,12 @@
 //! once the true sum reaches 2⁵³ the rounded one cannot fall back below it
 //! (rounding is monotone and no term is negative). A sum at or above
 //! `EXACT_LIMIT` is therefore not trusted and the chunk is read row by row.
-//! `count·L` is exact while `count < 2³⁶`, which `Σ count < p` implies;
-//! each term of `R` is below `p²`, so `R` stays below the limit for up to
-//! 58,000 rows per table (`row_bound` allows 32,768). A NULL count sums as
+//! The random sums are reduced mod p by blobcheck, not by the servers (a
+//! `MOD` per row cost the servers about a third more CPU per query): the
+//! blob table's `Σ count·L·H` is below `Σ count·p² < p³ < 2⁵¹` wherever it
+//! is used (`Σ count < p`), and a reference column's terms are below `p²`,
+//! so its sum stays below the limit for up to 58,000 rows (`row_bound`
+//! allows 32,768). A NULL count sums as
 //! 10¹⁶ and sends its chunk to be read row by row, where it is named.
 //! `BENCHMARKS.md` has the measurements.
 
@@ -199,7 +202,7 @@ pub struct Moments {
     /// `Σ w` and `Σ w·t`, with `w` the stored count for the blob table and
     /// 1 for a reference column.
     pub sums: [u128; 2],
-    /// The random sum: `Σ (count·L mod p)·H` for the blob table, `Σ L·H`
+    /// The random sum: `Σ count·L·H` for the blob table, `Σ L·H`
     /// for a reference column (see the module comment); compared modulo
     /// `PRIME`.
     pub random: u128,
@@ -219,11 +222,10 @@ impl Moments {
         for (id, count) in rows {
             moments.rows += 1;
             moments.add(id - lo, count);
-            // As the server computes it: `count·L` in DOUBLE (exact while
-            // it stays below 2⁵³, where `Σ count < p` keeps it), then mod p.
+            // As the server computes it, unreduced.
             let (low, high) = weights.entries(id);
-            let residue = (u128::from(count) * u128::from(low)) % u128::from(PRIME);
-            moments.random = moments.random.saturating_add(residue * u128::from(high));
+            let term = u128::from(count) * u128::from(low) * u128::from(high);
+            moments.random = moments.random.saturating_add(term);
         }
         moments.exact()
     }
@@ -613,16 +615,26 @@ mod tests {
     /// trusted (`None`), so the chunk is read row by row.
     #[test]
     fn sums_at_the_exact_limit_are_not_trusted() {
-        let weights = Weights::from_seed(4);
+        // Σ count and Σ count·t, with weights of 0 (no random sum).
+        let zero = Weights::from_tables(vec![0; TABLE], vec![0; TABLE]);
         let big = (EXACT_LIMIT - 1) as u64;
-        assert!(Moments::of_blobs(0, &weights, [(0, big)]).is_some());
-        assert!(Moments::of_blobs(0, &weights, [(0, big), (1, 1)]).is_none());
+        assert!(Moments::of_blobs(0, &zero, [(0, big)]).is_some());
+        assert!(Moments::of_blobs(0, &zero, [(0, big), (1, 1)]).is_none());
         let half = (EXACT_LIMIT / 2) as u64;
-        assert!(Moments::of_blobs(0, &weights, [(1, half)]).is_some());
+        assert!(Moments::of_blobs(0, &zero, [(1, half)]).is_some());
         assert!(
-            Moments::of_blobs(0, &weights, [(2, half)]).is_none(),
+            Moments::of_blobs(0, &zero, [(2, half)]).is_none(),
             "Σ count·t"
         );
+        // The blob table's random sum `Σ count·L·H`, unreduced.
+        let weights = Weights::from_seed(4);
+        let id = (0..).find(|&id| weights.of(id) > 0).unwrap();
+        let most = ((EXACT_LIMIT - 1) / u128::from(weights.of(id))) as u64;
+        assert!(Moments::of_blobs(id, &weights, [(id, most)]).is_some());
+        assert!(Moments::of_blobs(id, &weights, [(id, most + 1)]).is_none());
+        // Where it is used (Σ count < p) it is far below the limit.
+        let top = u128::from(PRIME - 1).pow(3);
+        assert!(top < 1 << 51);
         // A reference column's random sum: each row below p², so
         // `row_bound` rows of the default target stay below the limit.
         let top = (PRIME - 1) * (PRIME - 1);

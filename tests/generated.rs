@@ -394,9 +394,9 @@ async fn sketch_with_counts_too_large_to_sum() {
 /// both protocols: a chunk whose largest sum is just below
 /// `sketch::EXACT_LIMIT` returns exactly the sums of the rows loaded, and a
 /// chunk with a sum just above it is not trusted (`None`), for the blob
-/// table (`Σ count·t`, with a count far above p in the random sum) and for
-/// a reference column (its random sum `Σ L·H`, from 58,000 rows or so of
-/// the id with the largest weight) alike. A whole check of the same rows
+/// table (its random sum `Σ count·L·H`, unreduced) and for a reference
+/// column (its random sum `Σ L·H`, from 58,000 rows or so of the id with
+/// the largest weight) alike. A whole check of the same rows
 /// still finds exactly the brute-force answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sketch_sums_are_exact_up_to_the_limit() {
@@ -427,29 +427,42 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
                 }
             }
         }
-        // A reference column's random sum: the Body of that many messages
-        // at the id of the range's largest weight, its Header at the
-        // range's second id.
-        let hot = (range.start + 200..range.end)
-            .max_by_key(|&id| weights.of(id))
+        // The trusted range's one fault, before its sums are aimed.
+        if range == trusted {
+            *data.blobs.get_mut(&(trusted.start + 3)).unwrap() += 1;
+        }
+        // Messages with their Body at the range's id of the largest weight
+        // and their Header at its id of the smallest nonzero weight. The
+        // blob table's random sum `Σ count·L·H` is the largest sum: in the
+        // trusted range it lands just below the limit (with what the other
+        // ids add), so the Body's is just below it too; in the other the
+        // Body's alone is just above it.
+        let candidates = range.start + 200..range.end;
+        let hot = candidates.clone().max_by_key(|&id| weights.of(id)).unwrap();
+        let cold = candidates
+            .filter(|&id| weights.of(id) > 0)
+            .min_by_key(|&id| weights.of(id))
             .unwrap();
-        let rows = (limit - 1) / weights.of(hot) + over;
+        let rest = Moments::of_blobs(
+            range.start,
+            &weights,
+            data.blobs
+                .range(range.start..=range.end)
+                .map(|(&id, &n)| (id, n)),
+        )
+        .unwrap()
+        .random as u64;
+        let rows = if over == 0 {
+            (limit - 1 - rest) / (weights.of(hot) + weights.of(cold))
+        } else {
+            (limit - 1) / weights.of(hot) + 1
+        };
         data.blobs.insert(hot, rows);
-        data.blobs.insert(range.start + 1, rows);
-        // The blob sums: a count at the range's last id whose `count·t`
-        // lands just below the limit (with what the other ids add), or
-        // just above it.
-        let t = MAX_SPAN - 1;
-        let small: u64 = (0..50u64).map(|k| (k % 7 + 1) * k * 3).sum::<u64>()
-            + rows * (hot - range.start)
-            + rows;
-        let count = (limit - 1 - small) / t + over;
-        data.blobs.insert(range.end, count);
+        data.blobs.insert(cold, rows);
         data.messages
-            .extend(std::iter::repeat_n((hot, range.start + 1), rows as usize));
+            .extend(std::iter::repeat_n((hot, cold), rows as usize));
     }
-    // One fault in each range, so the check has something to find.
-    *data.blobs.get_mut(&(trusted.start + 3)).unwrap() += 1;
+    // The untrusted range's fault: a reference to an id without a blob.
     data.sent.push(Some(untrusted.start + 1));
     let data = data.loaded().await;
     let config = data.config();
@@ -504,10 +517,9 @@ async fn sketch_sums_are_exact_up_to_the_limit() {
         source.databases.disconnect().await;
     }
 
-    // The two faults, and the large counts at the ranges' last ids, which
-    // nothing references.
+    // The two faults.
     let expected = data.expected();
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 2);
     for target_rows in [16, 4096] {
         let (findings, _) = common::check_sketch(&config, target_rows, 500, 2).await;
         assert_eq!(findings, expected, "sketch rows {target_rows}");

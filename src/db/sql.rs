@@ -141,7 +141,7 @@ fn reference_batch_with(reference: &ReferenceScan, start: &str, end: &str, limit
 
 /// The blob table's sums over a chunk (see `sketch`): `COUNT(*)`,
 /// `Σ count`, `Σ count·t` with `t = id − start`, and the random sum
-/// `Σ (count·L mod p)·H`; one row, summed in DOUBLE (exact below
+/// `Σ count·L·H`; one row, summed in DOUBLE (exact below
 /// `sketch::EXACT_LIMIT`, see `sketch`).
 pub fn blob_sketch_sql(blobs: &BlobScan, weights: &Weights, range: IdRange) -> String {
     sketch_sql(
@@ -218,8 +218,9 @@ fn weight_lookup(key: &str, shift: u32, table: &[u64]) -> String {
 /// cheaper of two: DOUBLE sums (`* 1e0`) against DECIMAL sums of integers,
 /// `BETWEEN` against `>= AND <=` (one condition to evaluate per row, not
 /// three), for a reference column `COUNT(*)` once against a second count
-/// as `Σ 1`, and its random sum without a `MOD` per row (each product is
-/// below p², and `sketch::row_bound` rows of them stay exact).
+/// as `Σ 1`, and the random sums without a `MOD` per row (reduced mod p
+/// by blobcheck: each blob term is below `count·p²`, each reference term
+/// below p², and the sums stay exact where they are trusted, see `sketch`).
 fn sketch_sql(
     table: &TableName,
     index: &ServerIdent,
@@ -247,10 +248,7 @@ fn sketch_sql(
             } else {
                 format!("{} * 1e0", weight.quoted())
             };
-            format!(
-                "SUM({w}), SUM({w} * {t}), SUM(MOD({w} * {low}, {prime}) * {high})",
-                prime = sketch::PRIME
-            )
+            format!("SUM({w}), SUM({w} * {t}), SUM({w} * {low} * {high})")
         }
         None => format!("SUM({t} * 1e0), SUM({low} * {high})"),
     };
