@@ -202,10 +202,10 @@ pub fn agreeing(confirmations: u32) -> usize {
 /// A busy blob (see `ConfirmOptions::hot_threshold`) gets no benefit of the
 /// doubt: changes in flight can bias its readings either way, so it is
 /// confirmed only when its first `2 × (confirmations + 1)` re-reads are all
-/// stable and agree, and consistent when they are all 0 or when 0 holds a
-/// strict majority of the allowed reads. One that changes under every read
-/// is unsettled: not reported, but listed, so that it is checked again
-/// rather than trusted.
+/// stable and agree, and consistent once `confirmations + 1` (at least
+/// three) consecutive re-reads agree on a difference of 0. One that changes
+/// under every read is unsettled: not reported, but listed, so that it is
+/// checked again rather than trusted.
 ///
 /// A blob the application keeps changing may never read the same twice in a
 /// row, yet a fault on it keeps its difference. So an ordinary candidate
@@ -230,17 +230,21 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
     };
     if hot {
         let rereads = &readings[1.min(readings.len())..];
-        // Consistent as soon as as many re-reads as confirm an ordinary
-        // candidate agree on a difference of 0: the same counts over the
-        // same rows through at least two settle delays mean that nothing
-        // was in flight at the first of them (its other step would have
-        // changed the rows or the count by the next), so the 0 is what the
-        // blob holds. This keeps a busy blob the scan saw consistent from
-        // costing twice the confirmation of a fault.
+        // Consistent once as many consecutive re-reads as confirm an
+        // ordinary candidate agree on a difference of 0: the same counts
+        // over the same rows through at least two settle delays mean that
+        // no single change was in flight through all of them (its other
+        // step would have changed the rows or the count by the next), so
+        // the 0 is what the blob holds, unless a change is undone as fast
+        // as it is made (README, "What confirmation cannot tell"). This
+        // keeps a busy blob the scan saw consistent from costing twice the
+        // confirmation of a fault. Zeros that do not agree prove nothing: a
+        // fault on a blob that receives references back to back reads 0
+        // whenever one is in flight, over other rows each time.
         let clear = agreeing(confirmations);
-        if rereads.len() >= clear
-            && let Some(first) = all_agree(&rereads[..clear])
-            && first.difference() == 0
+        if rereads
+            .windows(clear)
+            .any(|window| all_agree(window).is_some_and(|value| value.difference() == 0))
         {
             return Verdict::Transient;
         }
@@ -250,15 +254,8 @@ pub fn verdict(readings: &[Reading], confirmations: u32, hot: bool) -> Verdict {
         {
             return decided(first);
         }
-        if readings.len() < max_reads(confirmations, hot) {
-            return Verdict::Pending;
-        }
-        let zeros = readings
-            .iter()
-            .filter(|r| difference_of(r) == Some(0))
-            .count();
-        return if 2 * zeros > readings.len() {
-            Verdict::Transient
+        return if readings.len() < max_reads(confirmations, hot) {
+            Verdict::Pending
         } else {
             Verdict::Unsettled
         };
@@ -910,7 +907,7 @@ mod tests {
         ];
         assert_eq!(verdict(&noisy[..11], 2, true), Verdict::Pending);
         assert_eq!(verdict(&noisy, 2, true), Verdict::Unsettled);
-        // Noise around 0 with 0 in the majority: consistent.
+        // Noise around 0, then three identical re-reads at 0: consistent.
         let calm = [
             r(0),
             r(-1),
@@ -926,6 +923,25 @@ mod tests {
             r(0),
         ];
         assert_eq!(verdict(&calm, 2, true), Verdict::Transient);
+        assert_eq!(verdict(&calm[..9], 2, true), Verdict::Pending);
+        // A fault of -1 on a blob that receives references back to back,
+        // its count raised first: every read that catches an add in flight
+        // shows 0, over other rows each time. Zeros in the majority that do
+        // not agree are no proof: unsettled, not consistent.
+        let mut fingerprint = 0;
+        let mut stream = |d: i128| {
+            fingerprint += 1;
+            Some(Seen {
+                fingerprint: Some(fingerprint),
+                ..seen(Some((10 + d) as u64), 10)
+            })
+        };
+        let masked: Vec<Reading> = [-1, 0, 0, -1, 0, 0, 0, -1, 0, 0, -1, 0]
+            .into_iter()
+            .map(&mut stream)
+            .collect();
+        assert_eq!(verdict(&masked[..11], 2, true), Verdict::Pending);
+        assert_eq!(verdict(&masked, 2, true), Verdict::Unsettled);
         // Biased noise around 0 that shows +1 most often: never confirmed.
         let biased = [
             r(1),

@@ -61,8 +61,10 @@
 //! `EXACT_LIMIT` is therefore not trusted and the chunk is read row by row.
 //! The random sums are reduced mod p by blobcheck, not by the servers (a
 //! `MOD` per row cost the servers about a third more CPU per query): the
-//! blob table's `Σ count·L·H` is below `Σ count·p² < p³ < 2⁵¹` wherever it
-//! is used (`Σ count < p`), and a reference column's terms are below `p²`,
+//! blob table's `Σ count·L·H` is below `Σ count·p²`, so below the limit
+//! while the piece's counts sum to less than about 58,000 (a piece whose
+//! counts sum to more, up to `p`, reaches the limit and is read row by
+//! row, like one past `p`); a reference column's terms are below `p²`,
 //! so its sum stays below the limit for up to 58,000 rows (`row_bound`
 //! allows 32,768). A NULL count sums as
 //! 10¹⁶ and sends its chunk to be read row by row, where it is named.
@@ -117,16 +119,24 @@ impl std::fmt::Debug for Weights {
     }
 }
 
+/// A fresh random 64-bit seed: the standard library's per-process random
+/// hash keys, mixed with the time. Good enough to make each run's weights
+/// (and confirmation's row fingerprints) independent of every other run's;
+/// no secret depends on it.
+pub fn random_seed() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.finish()
+}
+
 impl Weights {
     /// Weights drawn from a fresh random seed (the standard library's
     /// per-process random hash keys, mixed with the time).
     pub fn random() -> Weights {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        hasher.write_u128(nanos);
-        Weights::from_seed(hasher.finish())
+        Weights::from_seed(random_seed())
     }
 
     /// The weights of `seed`: SplitMix64's outputs, each rejected unless it

@@ -171,7 +171,7 @@ async fn every_scan_query_is_an_index_range_scan() {
         let plans = explain(&databases, schema.blobs.server, &sql).await;
         assert_index_scan(&plans, &sql, "PRIMARY", &["range"]);
         for reference in &schema.references {
-            let sql = db::reference_points_sql(reference, ids);
+            let sql = db::reference_points_sql(reference, ids, 4_242_424_242);
             let plans = explain(&databases, reference.server, &sql).await;
             assert_index_scan(&plans, &sql, reference.column.as_str(), &["range"]);
             assert!(

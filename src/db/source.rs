@@ -15,8 +15,8 @@ use super::sql::{
     Unusable, affected_rows_sql, blob_batch_sql, blob_batch_statement, blob_id_span_sql,
     blob_points_sql, blob_sketch_sql, blob_sketch_statement, can_hold, reference_batch_sql,
     reference_batch_statement, reference_points_sql, reference_sketch_sql,
-    reference_sketch_statement, sketch_cut_sql, sketch_cut_with, sketch_params, unusable_batch_sql,
-    unusable_count_sql, unusable_keys, unusable_params,
+    reference_sketch_statement, row_fingerprint, sketch_cut_sql, sketch_cut_with, sketch_params,
+    unusable_batch_sql, unusable_count_sql, unusable_keys, unusable_params,
 };
 use crate::config::Config;
 use crate::error::{Error, Result, one_line};
@@ -81,6 +81,9 @@ pub struct DbSource {
     /// The random weights of this run's sketches, drawn when the source is
     /// made, and the prepared sketch statements that hold them.
     sketches: Arc<SketchStatements>,
+    /// Salts confirmation's row fingerprints (`sql::reference_points_sql`),
+    /// drawn when the source is made.
+    fingerprint_salt: u32,
 }
 
 /// The sketch statements of one run. They carry the run's weights as
@@ -138,6 +141,17 @@ fn value_text(value: Option<&mysql_async::Value>) -> String {
             _ => bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
         },
         Some(other) => other.as_sql(true),
+    }
+}
+
+/// A whole number read as an integer or as the digits of a `DECIMAL`.
+fn value_whole(value: Option<&mysql_async::Value>) -> Option<u128> {
+    use mysql_async::Value;
+    match value? {
+        Value::Int(n) => u128::try_from(*n).ok(),
+        Value::UInt(n) => Some(u128::from(*n)),
+        Value::Bytes(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
     }
 }
 
@@ -205,6 +219,7 @@ impl DbSource {
             throttle: Throttle::unlimited(),
             protocol: Protocol::Binary,
             sketches: Arc::new(SketchStatements::new(&schema, Weights::random())),
+            fingerprint_salt: sketch::random_seed() as u32,
             schema,
         }
     }
@@ -213,6 +228,14 @@ impl DbSource {
     /// known weights).
     pub fn with_weights(mut self, weights: Weights) -> DbSource {
         self.sketches = Arc::new(SketchStatements::new(&self.schema, weights));
+        self
+    }
+
+    /// This source with confirmation's row fingerprints salted by `salt`
+    /// instead of a random number (tests that compare fingerprints across
+    /// sources).
+    pub fn with_fingerprint_salt(mut self, salt: u32) -> DbSource {
+        self.fingerprint_salt = salt;
         self
     }
 
@@ -628,16 +651,16 @@ impl PointReads for DbSource {
     async fn reference_points(&self, column: usize, ids: &[u64]) -> Result<Vec<(u64, u64, u64)>> {
         let reference = &self.schema.references[column];
         let name = &self.databases.servers[reference.server].name;
-        let query = Query::Text(reference_points_sql(reference, ids));
+        let query = Query::Text(reference_points_sql(reference, ids, self.fingerprint_salt));
         let mut points = self
             .rows(reference.server, &query)
             .await?
             .into_iter()
-            .map(|mut row| {
-                let fingerprint = row.take_opt::<u64, _>(2);
+            .map(|row| {
+                let sums = (value_whole(row.as_ref(2)), value_whole(row.as_ref(3)));
                 let (id, n) = parse_pair(row, name, &reference.label)?;
-                match fingerprint {
-                    Some(Ok(fingerprint)) => Ok((id, n, fingerprint)),
+                match sums {
+                    (Some(sum), Some(squares)) => Ok((id, n, row_fingerprint(sum, squares))),
                     _ => Err(Error::Query {
                         server: name.clone(),
                         reason: format!(

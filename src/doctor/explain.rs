@@ -135,7 +135,7 @@ impl Doctor<'_> {
                 "batch",
                 db::reference_batch_sql(scan, IdRange::ALL, settings.chunk_size),
             ),
-            ("points", db::reference_points_sql(scan, &SAMPLE_IDS)),
+            ("points", db::reference_points_sql(scan, &SAMPLE_IDS, 0)),
             (
                 "sketch",
                 db::reference_sketch_sql(scan, &Weights::from_seed(0), IdRange::new(0, 4095)),
