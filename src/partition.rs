@@ -44,11 +44,13 @@ impl std::str::FromStr for Partition {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Partition, String> {
-        let bad = || format!("partition `{text}` must be K/N with 0 <= K < N, e.g. 0/4");
+        let bad = || {
+            format!("partition `{text}` must be K/N with 0 <= K < N <= {MAX_PARTITIONS}, e.g. 0/4")
+        };
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
         let k: u64 = k.trim().parse().map_err(|_| bad())?;
         let n: u64 = n.trim().parse().map_err(|_| bad())?;
-        if n == 0 || k >= n {
+        if n == 0 || k >= n || n > MAX_PARTITIONS {
             return Err(bad());
         }
         Ok(Partition { k, n })
@@ -60,6 +62,11 @@ impl std::fmt::Display for Partition {
         write!(f, "{}/{}", self.k, self.n)
     }
 }
+
+/// The most partitions a check can be split into. Far more than any
+/// deployment runs; it keeps `round · N + position` (rounds are below
+/// 2⁴⁸) from overflowing.
+pub const MAX_PARTITIONS: u64 = 1 << 16;
 
 /// The block an id is in.
 pub fn block_of(id: u64) -> u64 {
@@ -148,6 +155,7 @@ mod tests {
     fn partitions_parse() {
         assert_eq!("2/8".parse::<Partition>(), Ok(Partition { k: 2, n: 8 }));
         assert_eq!(" 0 / 1 ".parse::<Partition>(), Ok(Partition::WHOLE));
+        assert!("65535/65536".parse::<Partition>().is_ok());
         for bad in [
             "8/8",
             "1",
@@ -156,6 +164,8 @@ mod tests {
             "-1/3",
             "",
             "1/18446744073709551616",
+            "1/18446744073709551615",
+            "0/65537",
         ] {
             assert!(bad.parse::<Partition>().is_err(), "{bad}");
         }

@@ -267,12 +267,11 @@ impl<S: ScanReads + PointReads> Shared<S> {
                 .next_work(start, range, partition, method, entering)
                 .await
             {
-                Ok((next, end)) => (Ok(next), Some(end)),
+                Ok(planned) => {
+                    entering = planned.probe_next;
+                    (Ok(planned.work), Some(planned.end))
+                }
                 Err(e) => (Err(e), None),
-            };
-            entering = match &next {
-                Ok(Work::Skip(_)) => end.is_some_and(|end| !partition.owns(end)),
-                _ => false,
             };
             let after = end.and_then(|end| end.checked_add(1).filter(|_| end < range.end));
             if work.send(next).await.is_err() {
@@ -293,19 +292,40 @@ impl<S: ScanReads + PointReads> Shared<S> {
         partition: Partition,
         method: Method,
         entering: bool,
-    ) -> Result<(Work, u64)> {
+    ) -> Result<Planned> {
+        let planned = |work, end, probe_next| Planned {
+            work,
+            end,
+            probe_next,
+        };
         let mut within = range;
         if partition != Partition::WHOLE {
             if let Some(foreign) = partition.foreign_from(start) {
                 let end = foreign.end.min(range.end);
-                return Ok((Work::Skip(IdRange::new(start, end)), end));
+                return Ok(planned(Work::Skip(IdRange::new(start, end)), end, true));
             }
             if entering {
                 let ahead = IdRange::new(start, range.end);
-                match first_row(&*self.source, ahead).await? {
-                    None => return Ok((Work::Skip(ahead), range.end)),
-                    Some(first) if first > start => {
-                        return Ok((Work::Skip(IdRange::new(start, first - 1)), first - 1));
+                // The next row, or, when another partition owns its block,
+                // the start of this partition's next block after it: sparse
+                // ids cost one look per block of this partition's that the
+                // scan enters, not one per row of every partition.
+                // (where to go on, whether a row is known to be there)
+                let to = match first_row(&*self.source, ahead).await? {
+                    None => None,
+                    Some(first) if partition.owns(first) => Some((first, true)),
+                    Some(first) => partition
+                        .next_owned_block(block_of(first))
+                        .map(|block| (block_range(block).start, false)),
+                };
+                match to.filter(|&(to, _)| to <= range.end) {
+                    None => return Ok(planned(Work::Skip(ahead), range.end, false)),
+                    Some((to, row_there)) if to > start => {
+                        return Ok(planned(
+                            Work::Skip(IdRange::new(start, to - 1)),
+                            to - 1,
+                            !row_there,
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -320,16 +340,24 @@ impl<S: ScanReads + PointReads> Shared<S> {
             Method::Sketch { .. } if span <= sketch::MAX_SPAN => {
                 let end = start.saturating_add(span - 1).min(within.end);
                 let range = IdRange::new(start, end);
-                Ok((Work::Sketch { range, probe }, end))
+                Ok(planned(Work::Sketch { range, probe }, end, false))
             }
             _ => {
                 let limit = self.sizer.lock().unwrap().size();
                 let chunk = plan_chunk(&*self.source, start, within, limit).await?;
                 let end = chunk.range.end;
-                Ok((Work::Exact(chunk), end))
+                Ok(planned(Work::Exact(chunk), end, false))
             }
         }
     }
+}
+
+/// One step of the plan: the work, the last id it covers, and whether the
+/// step after it must first ask the indexes for their next row.
+struct Planned {
+    work: Work,
+    end: u64,
+    probe_next: bool,
 }
 
 /// The smallest id of `range` that any table has a row for: the blob
