@@ -50,7 +50,12 @@ usage: cargo bench --bench scale -- [options] [-- <extra blobcheck args>]
   --common \"ARGS\"         args added to every setting (e.g. \"--confirmations 0\")
   --single-query-max N    time the single LEFT JOIN query only when blobs <= N (default 2000000)
   --single-query-timeout S  its timeout in seconds (default 1800)
-  --buffer-pool SIZE      innodb_buffer_pool_size per server (default: from the data size)
+  --buffer-pool SIZE[,SHARD_SIZE]
+                          innodb_buffer_pool_size per server, or for the global server and
+                          for each shard (default: from the data size)
+  --cold-buffer-pool SIZE after the warm runs, shrink every server's buffer pool to SIZE
+                          (smaller than the data: each pass reads from disk) and time the
+                          floor and every setting again, reported as the cold runs
   --blobcheck PATH        the binary to time (default: target/release/blobcheck next to this bench)
   --workdir DIR           where to write the generated files (default: a new dir under /tmp)
   --keep                  keep the generated files (and, on a terminal, the servers until Enter)
@@ -70,7 +75,9 @@ struct Args {
     common: Vec<String>,
     single_query_max: u64,
     single_query_timeout: u64,
-    buffer_pool: Option<String>,
+    /// (global server, each shard).
+    buffer_pool: Option<(String, String)>,
+    cold_buffer_pool: Option<String>,
     blobcheck: Option<PathBuf>,
     workdir: Option<PathBuf>,
     keep: bool,
@@ -95,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
         single_query_max: 2_000_000,
         single_query_timeout: 1800,
         buffer_pool: None,
+        cold_buffer_pool: None,
         blobcheck: None,
         workdir: None,
         keep: false,
@@ -140,7 +148,18 @@ fn parse_args() -> Result<Args, String> {
             "--single-query-timeout" => {
                 args.single_query_timeout = number(value(&mut it, &a)?, &a)?
             }
-            "--buffer-pool" => args.buffer_pool = Some(value(&mut it, &a)?),
+            "--buffer-pool" => {
+                let v = value(&mut it, &a)?;
+                args.buffer_pool = Some(match v.split_once(',') {
+                    Some((g, s)) => (g.to_string(), s.to_string()),
+                    None => (v.clone(), v),
+                });
+            }
+            "--cold-buffer-pool" => {
+                let v = value(&mut it, &a)?;
+                pool_bytes(&v).ok_or_else(|| format!("{a}: `{v}` is not a size like 1G"))?;
+                args.cold_buffer_pool = Some(v);
+            }
             "--blobcheck" => args.blobcheck = Some(PathBuf::from(value(&mut it, &a)?)),
             "--workdir" => args.workdir = Some(PathBuf::from(value(&mut it, &a)?)),
             "--keep" => args.keep = true,
@@ -2007,21 +2026,48 @@ fn run(args: Args) -> Result<bool, String> {
     // 5. blobcheck runs.
     let server_names: Vec<String> = servers.iter().map(|s| s.name().to_string()).collect();
     let output = workdir.join("findings.jsonl");
-    let (results, all_ok) = blobcheck_runs(
-        &args,
-        &mut launchers,
-        &bin,
-        &config,
-        &output,
-        &server_refs,
-        &generated.truth,
-        floor.quiet_wait,
-    )?;
+    let every_setting = |launchers: &mut Vec<Launcher>| {
+        blobcheck_runs(
+            &args,
+            launchers,
+            &bin,
+            &config,
+            &output,
+            &server_refs,
+            &generated.truth,
+            floor.quiet_wait,
+        )
+    };
+    let (results, all_ok) = every_setting(&mut launchers)?;
     phases.step("blobcheck runs", "blobcheck runs done");
     for _ in 0..2 {
         floor_passes.push(floor.measure(&rt, &server_refs)?);
     }
     hold_servers(&args, &servers, &config, &workdir);
+
+    // 5b. Cold: the same again with buffer pools smaller than the data.
+    let cold = match &args.cold_buffer_pool {
+        Some(size) => {
+            shrink_buffer_pools(&servers, size)?;
+            phases.step("shrink buffer pools", "buffer pools shrunk");
+            let mut passes = Vec::new();
+            for _ in 0..2 {
+                passes.push(floor.measure(&rt, &server_refs)?);
+            }
+            phases.step("cold floor", "cold floor measured");
+            let (runs, ok) = every_setting(&mut launchers)?;
+            phases.step("cold blobcheck runs", "cold blobcheck runs done");
+            passes.push(floor.measure(&rt, &server_refs)?);
+            Some(Cold {
+                size: size.clone(),
+                floor_passes: passes,
+                results: runs,
+                all_ok: ok,
+            })
+        }
+        None => None,
+    };
+    let all_ok = all_ok && cold.as_ref().is_none_or(|c| c.all_ok);
 
     // 6. Single query.
     let single = if args.blobs <= args.single_query_max {
@@ -2052,6 +2098,7 @@ fn run(args: Args) -> Result<bool, String> {
         results: &results,
         server_names: &server_names,
         single: single.as_ref(),
+        cold: cold.as_ref(),
         all_ok,
         total,
     });
@@ -2205,11 +2252,69 @@ fn write_files(
     })
 }
 
-/// The buffer pool of a server loaded with `bytes` of TSV files.
-fn buffer_pool(args: &Args, bytes: u64) -> String {
-    args.buffer_pool
-        .clone()
-        .unwrap_or_else(|| buffer_pool_for(bytes))
+/// The buffer pool of the global server (`global`) or a shard loaded with
+/// `bytes` of TSV files.
+fn buffer_pool(args: &Args, bytes: u64, global: bool) -> String {
+    match &args.buffer_pool {
+        Some((g, _)) if global => g.clone(),
+        Some((_, s)) => s.clone(),
+        None => buffer_pool_for(bytes),
+    }
+}
+
+/// `512M`, `2G`, or plain bytes, as bytes.
+fn pool_bytes(size: &str) -> Option<u64> {
+    let (digits, unit) = match size.char_indices().last()? {
+        (i, 'K' | 'k') => (&size[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&size[..i], 1 << 20),
+        (i, 'G' | 'g') => (&size[..i], 1 << 30),
+        _ => (size, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// `--cold-buffer-pool`: shrinks each server's buffer pool online to
+/// `size` and waits until the resize has finished, so that every later
+/// pass over data larger than the pool reads from disk (InnoDB opens its
+/// files with O_DIRECT by default: the page cache does not hold them).
+fn shrink_buffer_pools(servers: &[Sandbox], size: &str) -> Result<(), String> {
+    let bytes = pool_bytes(size).ok_or_else(|| format!("bad buffer pool size `{size}`"))?;
+    for sb in servers {
+        let q = |sql: &str| sb.query(sql).map_err(|e| format!("{}: {e}", sb.name()));
+        q(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))?;
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let now: u64 = q("SELECT @@innodb_buffer_pool_size")?
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let status = q("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_resize_status'")?
+                .first()
+                .and_then(|r| r.get(1).cloned())
+                .unwrap_or_default();
+            let busy = status.contains("Resizing") || status.contains("Withdraw");
+            if now <= bytes.next_multiple_of(128 << 20) && !busy {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{}: the buffer pool did not shrink to {size} in 15 minutes ({status})",
+                    sb.name()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let flush = q("SELECT @@innodb_flush_method")?
+            .first()
+            .and_then(|r| r.first().cloned())
+            .unwrap_or_default();
+        eprintln!(
+            "scale: {}: buffer pool {size}, innodb_flush_method {flush}",
+            sb.name()
+        );
+    }
+    Ok(())
 }
 
 /// The servers, with the seconds each one's LOAD DATA took.
@@ -2228,7 +2333,7 @@ fn start_and_load(
     {
         let (g, p, w) = (
             files.gdir.clone(),
-            buffer_pool(args, files.gsize),
+            buffer_pool(args, files.gsize, true),
             workdir.to_path_buf(),
         );
         loaders.push(std::thread::spawn(
@@ -2246,7 +2351,7 @@ fn start_and_load(
     for (s, d) in files.sdirs.iter().enumerate() {
         let (d, p, w) = (
             d.clone(),
-            buffer_pool(args, files.ssizes[s]),
+            buffer_pool(args, files.ssizes[s], false),
             workdir.to_path_buf(),
         );
         let name = format!("shard{}", s + 1);
@@ -2570,7 +2675,7 @@ fn single_query(
     let quiet_wait = Duration::from_secs(args.quiet_wait);
     servers.clear();
     let total_bytes = files.gsize + files.ssizes.iter().sum::<u64>();
-    let sb = start_server("combined", &buffer_pool(args, total_bytes), workdir)?;
+    let sb = start_server("combined", &buffer_pool(args, total_bytes, true), workdir)?;
     sb.run_sql(&global_load_sql(&files.gdir, "ProtonMailGlobal"))
         .map_err(|e| format!("loading combined: {e}"))?;
     let shard_dbs: Vec<String> = (1..=shards)
@@ -2655,6 +2760,8 @@ struct Report<'a> {
     server_names: &'a [String],
     /// `None` when skipped.
     single: Option<&'a Single>,
+    /// `--cold-buffer-pool`: the floor and the runs with small pools.
+    cold: Option<&'a Cold>,
     all_ok: bool,
     /// When the bench started.
     total: Instant,
@@ -2679,14 +2786,44 @@ impl Report<'_> {
     }
 }
 
+/// `--cold-buffer-pool`: what was measured after the pools were shrunk.
+struct Cold {
+    size: String,
+    /// Two passes before the runs, one after.
+    floor_passes: Vec<(Vec<FloorItem>, f64)>,
+    results: Vec<SettingRuns>,
+    all_ok: bool,
+}
+
 /// Phase 7: the results as Markdown, as BENCHMARKS.md keeps them.
 fn report(r: &Report) -> String {
     let mut md = String::new();
     report_data(&mut md, r);
-    report_floor(&mut md, r);
+    report_floor(&mut md, r, "warm; 3 before, 2 after the blobcheck runs");
     let (best, peak) = report_runs(&mut md, r);
     report_single(&mut md, r);
     report_targets(&mut md, r, best, peak);
+    if let Some(cold) = r.cold {
+        let _ = writeln!(
+            md,
+            "\n### Cold: every server's buffer pool shrunk to {} (smaller than the data), the same settings\n",
+            cold.size
+        );
+        let cold_report = Report {
+            floor_passes: &cold.floor_passes,
+            results: &cold.results,
+            stream: &[],
+            cold: None,
+            all_ok: cold.all_ok,
+            ..*r
+        };
+        report_floor(
+            &mut md,
+            &cold_report,
+            "cold; 2 before, 1 after the blobcheck runs",
+        );
+        report_runs(&mut md, &cold_report);
+    }
     md
 }
 
@@ -2755,13 +2892,15 @@ fn report_data(md: &mut String, r: &Report) {
 }
 
 /// The fastest floor pass, query by query, and the streaming floor.
-fn report_floor(md: &mut String, r: &Report) {
+/// `passes` says which passes these were.
+fn report_floor(md: &mut String, r: &Report, passes: &str) {
     let pass_sums = r.pass_sums();
     let (best_pass, floor) = r.fastest_pass();
     let floor_best = &r.floor_passes[best_pass].0;
     let _ = writeln!(
         md,
-        "\nFloor (index-only scans, one after the other, warm): the fastest of 5 passes (3 before, 2 after the blobcheck runs; their sums: {}):\n",
+        "\nFloor (index-only scans, one after the other): the fastest of {} passes ({passes}; their sums: {}):\n",
+        pass_sums.len(),
         pass_sums
             .iter()
             .zip(r.floor_passes)
@@ -2789,6 +2928,9 @@ fn report_floor(md: &mut String, r: &Report) {
         "\nFloor queries: `` {} ``, and `SELECT COUNT(col) FROM t FORCE INDEX (col)` for each reference column.",
         floor_best.first().map(|f| f.sql.as_str()).unwrap_or("")
     );
+    if r.stream.is_empty() {
+        return;
+    }
     let stream_total: f64 = r.stream.iter().map(|s| s.1).sum();
     let _ = writeln!(
         md,
