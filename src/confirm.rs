@@ -23,6 +23,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::time;
+
 use crate::error::Result;
 use crate::finding::{Finding, difference};
 use crate::read::{PointRead, PointReads, read_points};
@@ -390,23 +392,60 @@ pub struct WaveOutcome {
 
 /// Confirms a wave of candidates (sorted by id), first reading them at
 /// `first_read` and then once per settle delay, until each has a verdict.
+///
+/// `first_read` should be a settle delay after the newest candidate's first
+/// read (the scan's, or the watch's), so that an ordinary candidate's reads
+/// are all a settle delay apart: `verdict` judges a drifting one on every
+/// read, the first included. A busy blob is judged on its re-reads alone,
+/// so its first re-read comes at once: a fault on a busy blob, which needs
+/// twice the re-reads of an ordinary one, is confirmed a settle delay
+/// sooner than if it waited with the others. The outcome comes when every
+/// candidate of the wave has its verdict.
 pub async fn confirm_wave<S: PointReads>(
+    source: Arc<S>,
+    candidates: Vec<Candidate>,
+    options: ConfirmOptions,
+    first_read: Instant,
+) -> Result<WaveOutcome> {
+    let (busy, ordinary): (Vec<Candidate>, Vec<Candidate>) =
+        candidates.into_iter().partition(|c| c.hot);
+    let (busy, ordinary) = tokio::try_join!(
+        confirm_rounds(Arc::clone(&source), busy, options, time::Instant::now()),
+        confirm_rounds(source, ordinary, options, first_read.into()),
+    )?;
+    let mut outcome = WaveOutcome {
+        confirmed: busy.confirmed,
+        transient: busy.transient + ordinary.transient,
+        watched: busy.watched + ordinary.watched,
+        unsettled: busy.unsettled,
+    };
+    outcome.confirmed.extend(ordinary.confirmed);
+    outcome.confirmed.sort_by_key(|f| f.blob_id);
+    outcome.unsettled.extend(ordinary.unsettled);
+    outcome.unsettled.sort_unstable();
+    Ok(outcome)
+}
+
+/// Reads candidates at `first_read` and then once per settle delay until
+/// each has a verdict.
+async fn confirm_rounds<S: PointReads>(
     source: Arc<S>,
     mut candidates: Vec<Candidate>,
     options: ConfirmOptions,
-    first_read: Instant,
+    first_read: time::Instant,
 ) -> Result<WaveOutcome> {
     let mut outcome = WaveOutcome::default();
     let mut next_read = first_read;
     while !candidates.is_empty() {
-        tokio::time::sleep_until(next_read.into()).await;
+        time::sleep_until(next_read).await;
         let ids: Vec<u64> = candidates.iter().map(Candidate::id).collect();
         let mut reads = Vec::with_capacity(ids.len());
         for batch in ids.chunks(options.batch_size.max(1)) {
             reads.extend(read_points(&*source, batch).await?);
         }
-        // The next read comes a full settle delay after this one ended.
-        next_read = Instant::now() + options.settle_delay;
+        // The next read comes a full settle delay after this one ended (by
+        // tokio's clock, which tests can pause and advance).
+        next_read = time::Instant::now() + options.settle_delay;
 
         let mut reads = reads.into_iter();
         candidates.retain_mut(|candidate| {
@@ -448,7 +487,6 @@ pub async fn confirm_wave<S: PointReads>(
             }
         });
     }
-    outcome.confirmed.sort_by_key(|f| f.blob_id);
     Ok(outcome)
 }
 
@@ -1095,5 +1133,116 @@ mod tests {
             .unwrap();
         assert!(outcome.confirmed.is_empty());
         assert_eq!(outcome.unsettled, vec![7]);
+    }
+
+    /// A memory source that notes when each point read read the
+    /// references (once per read: the test's data has one column), and of
+    /// which ids.
+    struct Recording {
+        inner: MemorySource,
+        started: tokio::time::Instant,
+        reads: Mutex<Vec<(Duration, Vec<u64>)>>,
+    }
+
+    impl crate::read::ReferenceColumns for Recording {
+        fn column_count(&self) -> usize {
+            self.inner.columns.len()
+        }
+    }
+
+    impl PointReads for Recording {
+        async fn stored_counts(&self, ids: &[u64]) -> Result<Vec<(u64, u64)>> {
+            self.inner.stored_counts(ids).await
+        }
+        async fn reference_points(
+            &self,
+            column: usize,
+            ids: &[u64],
+        ) -> Result<Vec<(u64, u64, u64)>> {
+            self.reads
+                .lock()
+                .unwrap()
+                .push((self.started.elapsed(), ids.to_vec()));
+            self.inner.reference_points(column, ids).await
+        }
+    }
+
+    #[test]
+    fn a_busy_blob_is_re_read_at_once_and_an_ordinary_one_a_settle_delay_after_its_scan() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        // Blob 3: too high by one, ordinary. Blob 5: too high by one, busy
+        // (11 references, the threshold 10). Blob 4: busy and consistent.
+        let source = Arc::new(Recording {
+            inner: MemorySource::new(
+                BTreeMap::from([(3, 3), (4, 10), (5, 12)]),
+                vec![BTreeMap::from([(3, 2), (4, 10), (5, 11)])],
+            ),
+            started: runtime.block_on(async { tokio::time::Instant::now() }),
+            reads: Mutex::new(Vec::new()),
+        });
+        let options = ConfirmOptions {
+            settle_delay: Duration::from_secs(3),
+            confirmations: 2,
+            batch_size: 10,
+            hot_threshold: 10,
+        };
+        let candidates = vec![
+            Candidate::new(finding(3, Some(3), 2), options.hot_threshold),
+            // Watched: the scan saw it consistent (its kind means nothing).
+            Candidate::new(
+                Finding {
+                    stored: Some(10),
+                    ..finding(4, Some(11), 10)
+                },
+                options.hot_threshold,
+            ),
+            Candidate::new(finding(5, Some(12), 11), options.hot_threshold),
+        ];
+        let first_read = Instant::now() + options.settle_delay;
+        let outcome = runtime
+            .block_on(confirm_wave(
+                Arc::clone(&source),
+                candidates,
+                options,
+                first_read,
+            ))
+            .unwrap();
+        // In id order, although the busy fault is confirmed last.
+        let confirmed: Vec<u64> = outcome.confirmed.iter().map(|f| f.blob_id).collect();
+        assert_eq!(confirmed, vec![3, 5]);
+        assert_eq!(outcome.watched, 1);
+        let reads = source.reads.lock().unwrap().clone();
+        let times_of = |id: u64| -> Vec<Duration> {
+            reads
+                .iter()
+                .filter(|(_, ids)| ids.contains(&id))
+                .map(|&(at, _)| at)
+                .collect()
+        };
+        let (ordinary, busy, watched) = (times_of(3), times_of(5), times_of(4));
+        // The ordinary fault: three re-reads, the first a settle delay on.
+        assert_eq!(ordinary.len(), 3, "{reads:?}");
+        assert!(ordinary[0] >= options.settle_delay, "{reads:?}");
+        assert!(
+            ordinary[0] < options.settle_delay + Duration::from_secs(1),
+            "{reads:?}"
+        );
+        // The busy ones: at once, then a settle delay apart; the fault on
+        // six agreeing re-reads, the consistent one on three.
+        assert_eq!(busy.len(), 6, "{reads:?}");
+        assert!(busy[0] < Duration::from_millis(100), "{reads:?}");
+        assert_eq!(watched.len(), 3, "{reads:?}");
+        for times in [&ordinary, &busy] {
+            assert!(
+                times
+                    .windows(2)
+                    .all(|w| w[1] - w[0] >= options.settle_delay),
+                "{reads:?}"
+            );
+        }
     }
 }

@@ -150,8 +150,20 @@ struct Wave {
 #[derive(Default)]
 struct OpenWave {
     candidates: Vec<Candidate>,
+    /// The earliest and the latest scan read of its candidates.
     oldest: Option<Instant>,
     newest: Option<Instant>,
+}
+
+impl OpenWave {
+    /// Notes a scan read of candidates. Chunks come in id order, not in
+    /// the order they were read (`--jobs` read at once), so the latest
+    /// read is the latest of all, not the last one noted: the wave's first
+    /// re-read must come a settle delay after every candidate's scan read.
+    fn note_read_at(&mut self, read_at: Instant) {
+        self.oldest = Some(self.oldest.map_or(read_at, |t| t.min(read_at)));
+        self.newest = Some(self.newest.map_or(read_at, |t| t.max(read_at)));
+    }
 }
 
 enum Event {
@@ -368,8 +380,7 @@ impl<S: CheckReads> Run<'_, S> {
         if findings.is_empty() {
             return;
         }
-        self.open.oldest.get_or_insert(read_at);
-        self.open.newest = Some(read_at);
+        self.open.note_read_at(read_at);
         self.open.candidates.extend(
             findings
                 .into_iter()
@@ -386,9 +397,10 @@ impl<S: CheckReads> Run<'_, S> {
             return;
         }
         let candidates: Vec<Finding> = open.candidates.iter().map(|c| c.finding.clone()).collect();
-        // The first re-read comes a settle delay after the newest
-        // candidate's scan read, so every candidate's reads span at least
-        // `confirmations` settle delays.
+        // An ordinary candidate's first re-read comes a settle delay after
+        // the newest candidate's scan read, so that every read of it is a
+        // settle delay after the one before (`confirm_wave` re-reads busy
+        // ones at once: their verdict uses re-reads only).
         let first_read =
             open.newest.unwrap_or_else(Instant::now) + self.options.confirm.settle_delay;
         let task = tokio::spawn(confirm_wave(
@@ -661,6 +673,19 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn an_open_wave_waits_for_its_latest_scan_read_whatever_order_chunks_come_in() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut open = OpenWave::default();
+        // The chunk of lower ids was read last: it comes first all the same.
+        open.note_read_at(at(5));
+        open.note_read_at(at(2));
+        open.note_read_at(at(3));
+        assert_eq!(open.oldest, Some(at(2)));
+        assert_eq!(open.newest, Some(at(5)));
     }
 
     /// A configuration of `columns` reference columns; nothing connects to
