@@ -208,11 +208,8 @@ impl<S: ScanReads + PointReads> Shared<S> {
     /// of a range a sketch did not settle).
     async fn work(&self, work: Work) -> Result<(ChunkOutcome, Vec<Work>)> {
         let source = &*self.source;
-        if let Work::Skip(range) = work {
-            return Ok((skipped(range), Vec::new()));
-        }
         let (outcome, more) = match work {
-            Work::Skip(_) => unreachable!("answered above"),
+            Work::Skip(range) => return Ok((skipped(range), Vec::new())),
             Work::Exact(chunk) => {
                 let started = Instant::now();
                 let limit = chunk.limit;
